@@ -102,7 +102,7 @@ type rpcDesc struct {
 	persisted bool
 	failures  []FailureInfo
 	newCall   func() any // a fresh *call[Req, Resp], for unary RPCs
-	codec     codecOps  // typed decode/encode for calls arriving as bytes
+	codec     codecOps   // typed decode/encode for calls arriving as bytes
 }
 
 func (d *rpcDesc) Name() string            { return d.name }
