@@ -1,0 +1,210 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/actor"
+)
+
+// Client calls entities wherever they run: it computes each entity's shard
+// and sends to the shard's subject. It hosts nothing (client-only mode) and
+// is safe for concurrent use.
+type Client struct {
+	nc    *nats.Conn
+	cfg   Config
+	subj  subjects
+	codec Codec
+}
+
+// NewClient returns a client on nc. It returns an error wrapping
+// ErrInvalidOption for a bad configuration.
+func NewClient(nc *nats.Conn, cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	codec, _ := CodecByName(cfg.Codec)
+	return &Client{nc: nc, cfg: cfg, subj: subjects{prefix: cfg.Prefix}, codec: codec}, nil
+}
+
+// Shard returns the shard of an entity.
+func (c *Client) Shard(entityType, id string) ShardID {
+	return ShardID{Group: c.cfg.groupOf(entityType), N: ShardOf(id, c.cfg.ShardsPerGroup)}
+}
+
+// withTimeout applies the default call timeout to a context without a
+// deadline.
+func (c *Client) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.cfg.CallTimeout)
+}
+
+// newRequest builds the request message of a call.
+func (c *Client) newRequest(ctx context.Context, info actor.RPCInfo, id string, payload []byte) (*nats.Msg, error) {
+	if err := actor.ValidateID(id); err != nil {
+		return nil, err
+	}
+	if max := c.nc.MaxPayload(); max > 0 && int64(len(payload)) > max {
+		return nil, fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), max)
+	}
+	entityType := info.Entity().Name()
+	m := &nats.Msg{
+		Subject: c.subj.call(c.Shard(entityType, id), entityType, info.Name()),
+		Data:    payload,
+		Header:  make(nats.Header, 3),
+	}
+	setID(m.Header, id)
+	m.Header[HeaderCodec] = []string{c.codec.Name()}
+	setTimeout(ctx, m.Header)
+	return m, nil
+}
+
+func setTimeout(ctx context.Context, h nats.Header) {
+	if d, ok := ctx.Deadline(); ok {
+		ms := max(time.Until(d).Milliseconds(), 1)
+		h[HeaderTimeout] = []string{strconv.FormatInt(ms, 10)}
+	}
+}
+
+// requestRetry sends req and waits for its reply, retrying with backoff
+// while no runner serves the shard (no responders, or a runner answering
+// that it no longer serves it) until ctx ends.
+func (c *Client) requestRetry(ctx context.Context, req *nats.Msg) (*nats.Msg, error) {
+	backoff := c.cfg.RetryBackoff
+	var last error
+	for {
+		reply, err := c.nc.RequestMsgWithContext(ctx, req)
+		switch {
+		case err == nil:
+			code := reply.Header.Get(HeaderError)
+			if !retryable(code) {
+				return reply, nil
+			}
+			last = &Error{Code: code, Message: "runner is not serving the shard"}
+		case errors.Is(err, nats.ErrNoResponders):
+			last = err
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+			if last != nil {
+				return nil, fmt.Errorf("%w: %s: %w (last: %v)", ErrShardUnavailable, req.Subject, err, last)
+			}
+			return nil, err
+		case errors.Is(err, nats.ErrMaxPayload):
+			return nil, fmt.Errorf("%w: %w", ErrPayloadTooLarge, err)
+		default:
+			return nil, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w: %s: %w (last: %v)", ErrShardUnavailable, req.Subject, ctx.Err(), last)
+		}
+		backoff = min(backoff*2, c.cfg.RetryBackoffMax)
+		setTimeout(ctx, req.Header)
+	}
+}
+
+// decodeError turns an error reply into the error the caller sees.
+func decodeError(info actor.RPCInfo, codec Codec, code string, data []byte) error {
+	body, detail, err := codec.decodeError(data)
+	if err != nil {
+		return &Error{Code: code, Message: fmt.Sprintf("undecodable error body: %v", err)}
+	}
+	switch body.Code {
+	case CodeDefect:
+		return &actor.Defect{Message: body.Message, Stack: body.Stack}
+	case CodeFailure:
+		if info != nil {
+			for _, f := range info.Failures() {
+				if f.Code != body.Failure {
+					continue
+				}
+				v := reflect.New(f.Type)
+				if len(detail) > 0 {
+					if err := codec.Unmarshal(detail, v.Interface()); err != nil {
+						return &Error{Code: CodeFailure, Message: fmt.Sprintf("%s: undecodable failure %s: %v", body.Message, f.Code, err)}
+					}
+				}
+				if e, ok := v.Elem().Interface().(error); ok && e != nil {
+					return e
+				}
+			}
+		}
+	}
+	return &Error{Code: body.Code, Message: body.Message}
+}
+
+func decodeReply[Resp any](info actor.RPCInfo, codec Codec, reply *nats.Msg) (Resp, error) {
+	var resp Resp
+	if code := reply.Header.Get(HeaderError); code != "" {
+		return resp, decodeError(info, codec, code, reply.Data)
+	}
+	if err := codec.Unmarshal(reply.Data, &resp); err != nil {
+		return resp, fmt.Errorf("%w: reply: %w", actor.ErrMalformed, err)
+	}
+	return resp, nil
+}
+
+// Call sends req to the entity id of rpc's entity type, wherever it runs,
+// and waits for the reply. A default timeout (Config.CallTimeout) applies
+// when ctx has no deadline; the handler's context gets the same deadline.
+// While no runner serves the entity's shard, Call retries with backoff.
+//
+// Errors: ErrShardUnavailable (no runner before the deadline), a *actor.Defect,
+// the RPC's declared failures (match with errors.As), *Error values matching
+// actor.ErrMailboxFull, actor.ErrUnknownEntity, actor.ErrUnknownRPC,
+// actor.ErrMalformed and the rest with errors.Is, ErrPayloadTooLarge,
+// actor.ErrInvalidID, or ctx's error.
+func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp], id string, req Req) (Resp, error) {
+	var zero Resp
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	payload, err := c.codec.Marshal(req)
+	if err != nil {
+		return zero, fmt.Errorf("encode request: %w", err)
+	}
+	info := rpc.Info()
+	m, err := c.newRequest(ctx, info, id, payload)
+	if err != nil {
+		return zero, err
+	}
+	reply, err := c.requestRetry(ctx, m)
+	if err != nil {
+		return zero, err
+	}
+	return decodeReply[Resp](info, c.codec, reply)
+}
+
+// Send delivers req to the entity without waiting for a reply: it returns
+// once the NATS server has accepted the message (a flush round trip). The
+// delivery is at most once: if no runner serves the shard at that moment the
+// message is lost. Use a persisted RPC where that matters.
+func Send[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp], id string, req Req) error {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	payload, err := c.codec.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encode request: %w", err)
+	}
+	m, err := c.newRequest(ctx, rpc.Info(), id, payload)
+	if err != nil {
+		return err
+	}
+	delete(m.Header, HeaderTimeout) // nobody waits: the handler gets no deadline
+	if err := c.nc.PublishMsg(m); err != nil {
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return fmt.Errorf("%w: %w", ErrPayloadTooLarge, err)
+		}
+		return err
+	}
+	return c.nc.FlushWithContext(ctx)
+}

@@ -1,0 +1,433 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/actor"
+)
+
+// Runner hosts entities for the shards it serves: it subscribes to each
+// served shard's subject, hands every call to the entity's mailbox in the
+// actor runtime, and answers on the call's reply subject.
+type Runner struct {
+	nc     *nats.Conn
+	cfg    Config
+	subj   subjects
+	rt     *actor.Runtime
+	log    *slog.Logger
+	groups map[string]int // group name -> index
+	client *Client        // forwards calls that arrive on the route subject
+
+	mu       sync.Mutex
+	shards   map[ShardID]*nats.Subscription
+	routeSub *nats.Subscription
+	started  bool
+	closed   bool
+}
+
+// NewRunner returns a runner on nc that serves no shard yet. Register
+// behaviours, then Start. It returns an error wrapping ErrInvalidOption for a
+// bad configuration.
+func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Runner{
+		nc:     nc,
+		cfg:    cfg,
+		subj:   subjects{prefix: cfg.Prefix},
+		log:    cfg.Logger,
+		groups: map[string]int{},
+		shards: map[ShardID]*nats.Subscription{},
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	for i, g := range cfg.ShardGroups {
+		r.groups[g] = i
+	}
+	n := cfg.ShardsPerGroup
+	// One actor partition per shard, so a shard's entities can be stopped
+	// (handed off or fenced) as a unit.
+	partOf := func(a actor.Address) int {
+		return r.groups[cfg.groupOf(a.Type)]*n + ShardOf(a.ID, n)
+	}
+	rtOpts := append([]actor.RuntimeOption{
+		actor.WithDefaults(
+			actor.MailboxCapacity(cfg.EntityMailboxCapacity),
+			actor.MaxIdleTime(cfg.EntityMaxIdleTime),
+		),
+		actor.WithTerminationTimeout(cfg.EntityTerminationTimeout),
+		actor.WithPartitions(len(cfg.ShardGroups)*n, partOf),
+	}, opts...)
+	rt, err := actor.New(rtOpts...)
+	if err != nil {
+		return nil, err
+	}
+	// Every partition starts closed: the runner serves a shard only once it
+	// owns it.
+	for p := range len(cfg.ShardGroups) * n {
+		_ = rt.ClosePartition(context.Background(), p, nil)
+	}
+	r.rt = rt
+	r.client, err = NewClient(nc, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Runtime returns the runner's actor runtime.
+func (r *Runner) Runtime() *actor.Runtime { return r.rt }
+
+// Register adds an entity behaviour. Register before Start.
+func (r *Runner) Register(b *actor.Behavior) error {
+	return r.rt.Register(b)
+}
+
+// Start serves every shard of every group: the standalone mode, where this
+// runner is the only one. It also takes calls on the route subjects (no
+// client-side hashing).
+func (r *Runner) Start(ctx context.Context) error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return ErrClosed
+	}
+	if r.started {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: runner already started", ErrInvalidOption)
+	}
+	r.started = true
+	sub, err := r.nc.QueueSubscribe(r.subj.routeAll(), r.cfg.Prefix+"-route", r.onRoute)
+	if err != nil {
+		r.mu.Unlock()
+		return fmt.Errorf("subscribe route: %w", err)
+	}
+	r.routeSub = sub
+	r.mu.Unlock()
+	for _, g := range r.cfg.ShardGroups {
+		for n := range r.cfg.ShardsPerGroup {
+			if err := r.ServeShard(ShardID{Group: g, N: n}); err != nil {
+				return err
+			}
+		}
+	}
+	return r.flush(ctx)
+}
+
+// flush waits until the server has processed what this runner sent
+// (subscriptions included), bounded by ctx or CallTimeout.
+func (r *Runner) flush(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.cfg.CallTimeout)
+		defer cancel()
+	}
+	return r.nc.FlushWithContext(ctx)
+}
+
+func (r *Runner) partition(s ShardID) int { return r.groups[s.Group]*r.cfg.ShardsPerGroup + s.N }
+
+// ServeShard starts serving shard s: its entities may activate here and its
+// subject is subscribed. The caller must own the shard.
+func (r *Runner) ServeShard(s ShardID) error {
+	if _, ok := r.groups[s.Group]; !ok || s.N < 0 || s.N >= r.cfg.ShardsPerGroup {
+		return fmt.Errorf("%w: no shard %s", ErrInvalidOption, s)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	if _, ok := r.shards[s]; ok {
+		return nil
+	}
+	if err := r.rt.OpenPartition(r.partition(s)); err != nil {
+		return err
+	}
+	sub, err := r.nc.Subscribe(r.subj.shardCalls(s), r.onCall)
+	if err != nil {
+		_ = r.rt.ClosePartition(context.Background(), r.partition(s), nil)
+		return fmt.Errorf("subscribe shard %s: %w", s, err)
+	}
+	r.shards[s] = sub
+	return nil
+}
+
+// StopShard stops serving shard s. Graceful (abort nil): no new calls are
+// taken, calls already received are handled, then the shard's entities are
+// passivated. Fencing (abort non-nil): queued calls fail with abort at once.
+// It returns when the shard's entities have stopped or ctx ends.
+func (r *Runner) StopShard(ctx context.Context, s ShardID, abort error) error {
+	r.mu.Lock()
+	sub, ok := r.shards[s]
+	delete(r.shards, s)
+	r.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	// Unsubscribe first: after it, no callback for this shard runs, so no
+	// new message can reach the partition we close next.
+	if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		r.log.Warn("unsubscribe shard", "shard", s.String(), "err", err)
+	}
+	return r.rt.ClosePartition(ctx, r.partition(s), abort)
+}
+
+// Shards returns the shards this runner serves.
+func (r *Runner) Shards() []ShardID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]ShardID, 0, len(r.shards))
+	for s := range r.shards {
+		out = append(out, s)
+	}
+	return out
+}
+
+// Shutdown stops taking calls, lets every mailbox drain, runs finalizers, and
+// returns when done or when ctx ends. It is idempotent. It does not close the
+// NATS connection.
+func (r *Runner) Shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	first := !r.closed
+	r.closed = true
+	subs := make([]*nats.Subscription, 0, len(r.shards)+1)
+	if r.routeSub != nil {
+		subs = append(subs, r.routeSub)
+		r.routeSub = nil
+	}
+	for s, sub := range r.shards {
+		subs = append(subs, sub)
+		delete(r.shards, s)
+	}
+	r.mu.Unlock()
+	if first {
+		for _, sub := range subs {
+			_ = sub.Unsubscribe()
+		}
+	}
+	err := r.rt.Shutdown(ctx)
+	if ferr := r.flush(ctx); err == nil && ferr != nil && !errors.Is(ferr, nats.ErrConnectionClosed) {
+		err = ferr
+	}
+	return err
+}
+
+// onCall handles a message on a shard subject.
+func (r *Runner) onCall(m *nats.Msg) {
+	shard, entityType, rpc, ok := r.subj.parseCall(m.Subject)
+	if !ok {
+		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
+		return
+	}
+	r.handle(m, shard, entityType, rpc)
+}
+
+// handle delivers one call to its entity; shard is the shard the caller
+// addressed.
+func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
+	codec, err := CodecByName(m.Header.Get(HeaderCodec))
+	if err != nil {
+		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		return
+	}
+	id, err := getID(m.Header)
+	if err != nil {
+		r.replyError(m.Reply, codec, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		return
+	}
+	if err := actor.ValidateID(id); err != nil {
+		r.replyError(m.Reply, codec, nil, err)
+		return
+	}
+	// A call addressed to the wrong shard must not activate the entity here:
+	// this runner may not own the entity's real shard.
+	if g := r.cfg.groupOf(entityType); g != shard.Group || ShardOf(id, r.cfg.ShardsPerGroup) != shard.N {
+		r.replyError(m.Reply, codec, nil, fmt.Errorf("%w: entity %s/%s is in shard %s/%d, not %s",
+			ErrBadRequest, entityType, id, g, ShardOf(id, r.cfg.ShardsPerGroup), shard))
+		return
+	}
+	var info actor.RPCInfo
+	if e := r.rt.Entity(entityType); e != nil {
+		info = e.RPC(rpc)
+	}
+	ctx, cancel := context.Background(), context.CancelFunc(nil)
+	if v := m.Header.Get(HeaderTimeout); v != "" {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms <= 0 {
+			r.replyError(m.Reply, codec, info, fmt.Errorf("%w: %s %q", ErrBadRequest, HeaderTimeout, v))
+			return
+		}
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+	}
+	var rep actor.Replier
+	if info != nil && info.Kind() == actor.Streaming {
+		if m.Reply == "" {
+			if cancel != nil {
+				cancel()
+			}
+			r.replyError("", codec, info, fmt.Errorf("%w: a streaming call needs a reply subject", ErrBadRequest))
+			return
+		}
+		ctx, cancel = r.newStreamContext(ctx, cancel)
+		rep, err = r.newStreamReplier(ctx, cancel, m, codec, info)
+		if err != nil {
+			cancel()
+			r.replyError(m.Reply, codec, info, err)
+			return
+		}
+	} else {
+		rep = &replier{r: r, reply: m.Reply, codec: codec, info: info, cancel: cancel}
+	}
+	if err := r.rt.Deliver(ctx, entityType, id, rpc, codec, m.Data, rep); err != nil {
+		rep.Reply(nil, err)
+	}
+}
+
+// replier answers one unary call.
+type replier struct {
+	r      *Runner
+	reply  string
+	codec  Codec
+	info   actor.RPCInfo
+	cancel context.CancelFunc
+}
+
+func (p *replier) Chunk(context.Context, []byte) error {
+	return fmt.Errorf("%w: chunk on a unary call", ErrBadRequest)
+}
+
+func (p *replier) Reply(payload []byte, err error) {
+	if p.cancel != nil {
+		p.cancel()
+	}
+	if p.reply == "" {
+		if err != nil {
+			p.r.log.Debug("send failed", "err", err)
+		}
+		return
+	}
+	if err == nil {
+		if len(payload) > int(p.r.nc.MaxPayload()) {
+			err = fmt.Errorf("%w: reply of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), p.r.nc.MaxPayload())
+		} else {
+			if perr := p.r.nc.Publish(p.reply, payload); perr != nil {
+				p.r.log.Warn("reply", "err", perr)
+			}
+			return
+		}
+	}
+	p.r.replyError(p.reply, p.codec, p.info, err)
+}
+
+// replyError answers reply with the error envelope of err.
+func (r *Runner) replyError(reply string, codec Codec, info actor.RPCInfo, err error) {
+	if reply == "" {
+		r.log.Debug("call failed with no reply subject", "err", err)
+		return
+	}
+	m := errorMsg(reply, codec, info, err, r.cfg.ExposeDefectStacks)
+	if perr := r.nc.PublishMsg(m); perr != nil {
+		r.log.Warn("error reply", "err", perr)
+	}
+}
+
+// errorMsg builds the error reply for err.
+func errorMsg(reply string, codec Codec, info actor.RPCInfo, err error, stacks bool) *nats.Msg {
+	body := errorBody{Code: codeOf(err), Message: err.Error()}
+	var failure any
+	if info != nil {
+		for _, f := range info.Failures() {
+			target := reflect.New(f.Type)
+			if errors.As(err, target.Interface()) {
+				body.Code, body.Failure, failure = CodeFailure, f.Code, target.Elem().Interface()
+				break
+			}
+		}
+	}
+	var d *actor.Defect
+	if body.Code == CodeDefect && errors.As(err, &d) {
+		body.Message = d.Message
+		if stacks {
+			body.Stack = d.Stack
+		}
+	}
+	data, eerr := codec.encodeError(&body, failure)
+	if eerr != nil {
+		body = errorBody{Code: CodeError, Message: fmt.Sprintf("%v (and encoding the failure: %v)", err, eerr)}
+		data, _ = codec.encodeError(&body, nil)
+	}
+	return &nats.Msg{Subject: reply, Data: data, Header: nats.Header{HeaderError: []string{body.Code}}}
+}
+
+// onRoute handles a call on the route subject: it computes the shard and
+// serves it here when this runner owns it, else forwards it to the owner and
+// relays the answer.
+func (r *Runner) onRoute(m *nats.Msg) {
+	entityType, rpc, ok := r.subj.parseRoute(m.Subject)
+	if !ok {
+		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
+		return
+	}
+	id, err := getID(m.Header)
+	if err != nil {
+		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		return
+	}
+	shard := ShardID{Group: r.cfg.groupOf(entityType), N: ShardOf(id, r.cfg.ShardsPerGroup)}
+	r.mu.Lock()
+	_, local := r.shards[shard]
+	r.mu.Unlock()
+	if local {
+		r.handle(m, shard, entityType, rpc)
+		return
+	}
+	if m.Header.Get(HeaderStreamWindow) != "" {
+		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: streams are not routed; call the shard subject", ErrBadRequest))
+		return
+	}
+	go r.forward(m, shard, entityType, rpc)
+}
+
+func (r *Runner) forward(m *nats.Msg, shard ShardID, entityType, rpc string) {
+	timeout := r.cfg.CallTimeout
+	if v := m.Header.Get(HeaderTimeout); v != "" {
+		if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms > 0 {
+			timeout = time.Duration(ms) * time.Millisecond
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	req := nats.NewMsg(r.subj.call(shard, entityType, rpc))
+	req.Data = m.Data
+	for k, v := range m.Header {
+		req.Header[k] = v
+	}
+	reply, err := r.client.requestRetry(ctx, req)
+	if m.Reply == "" {
+		return
+	}
+	if err != nil {
+		codec, _ := CodecByName(m.Header.Get(HeaderCodec))
+		if codec == nil {
+			codec = JSON
+		}
+		r.replyError(m.Reply, codec, nil, err)
+		return
+	}
+	out := &nats.Msg{Subject: m.Reply, Data: reply.Data, Header: reply.Header}
+	if err := r.nc.PublishMsg(out); err != nil {
+		r.log.Warn("relay reply", "err", err)
+	}
+}

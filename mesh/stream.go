@@ -1,0 +1,267 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/actor"
+)
+
+// Streams (docs/protocol.md, "Streaming RPCs"): the caller subscribes to an
+// inbox and sends the request with HeaderStreamWindow. The runner publishes
+// chunks to the inbox numbered by HeaderSeq, each naming its control subject,
+// and never has more than the window unacknowledged; the caller acknowledges
+// on the control subject as it reads, and cancels there when it stops. The
+// last message carries HeaderEnd (and HeaderError for a failed stream).
+
+// DefaultStreamWindow is the number of chunks in flight per stream.
+const DefaultStreamWindow = 64
+
+func (r *Runner) newStreamContext(ctx context.Context, cancel context.CancelFunc) (context.Context, context.CancelFunc) {
+	sctx, scancel := context.WithCancel(ctx)
+	if cancel == nil {
+		return sctx, scancel
+	}
+	return sctx, func() { scancel(); cancel() }
+}
+
+// streamReplier sends a streaming call's chunks with credit-based flow
+// control.
+type streamReplier struct {
+	r       *Runner
+	reply   string
+	control string
+	codec   Codec
+	info    actor.RPCInfo
+	cancel  context.CancelFunc
+	window  uint64
+	sub     *nats.Subscription
+
+	mu     sync.Mutex
+	sent   uint64
+	acked  uint64
+	credit chan struct{} // signalled when acked moves
+	ended  bool
+}
+
+func (r *Runner) newStreamReplier(ctx context.Context, cancel context.CancelFunc, m *nats.Msg, codec Codec, info actor.RPCInfo) (*streamReplier, error) {
+	window, err := strconv.ParseUint(m.Header.Get(HeaderStreamWindow), 10, 32)
+	if err != nil || window == 0 {
+		return nil, fmt.Errorf("%w: %s %q", ErrBadRequest, HeaderStreamWindow, m.Header.Get(HeaderStreamWindow))
+	}
+	s := &streamReplier{
+		r: r, reply: m.Reply, control: r.nc.NewInbox(), codec: codec, info: info,
+		cancel: cancel, window: window, credit: make(chan struct{}, 1),
+	}
+	s.sub, err = r.nc.Subscribe(s.control, s.onControl)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *streamReplier) onControl(m *nats.Msg) {
+	if m.Header.Get(HeaderCancel) != "" {
+		s.cancel()
+		return
+	}
+	if v := m.Header.Get(HeaderAck); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		if n > s.acked && n <= s.sent {
+			s.acked = n
+		}
+		s.mu.Unlock()
+		select {
+		case s.credit <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Chunk publishes one chunk, waiting for credit first.
+func (s *streamReplier) Chunk(ctx context.Context, payload []byte) error {
+	if int64(len(payload)) > s.r.nc.MaxPayload() {
+		return fmt.Errorf("%w: chunk of %d bytes", ErrPayloadTooLarge, len(payload))
+	}
+	var timer *time.Timer
+	for {
+		s.mu.Lock()
+		if s.sent-s.acked < s.window {
+			s.sent++
+			seq := s.sent
+			s.mu.Unlock()
+			if timer != nil {
+				timer.Stop()
+			}
+			m := &nats.Msg{Subject: s.reply, Data: payload, Header: nats.Header{
+				HeaderSeq:     []string{strconv.FormatUint(seq, 10)},
+				HeaderControl: []string{s.control},
+			}}
+			return s.r.nc.PublishMsg(m)
+		}
+		s.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(s.r.cfg.StreamAckTimeout)
+		}
+		select {
+		case <-s.credit:
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+			s.cancel()
+			return fmt.Errorf("%w: no acknowledgement for %v", ErrStreamBroken, s.r.cfg.StreamAckTimeout)
+		}
+	}
+}
+
+// Reply ends the stream.
+func (s *streamReplier) Reply(_ []byte, err error) {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended = true
+	seq := s.sent + 1
+	s.mu.Unlock()
+	_ = s.sub.Unsubscribe()
+	s.cancel()
+	var m *nats.Msg
+	if err != nil {
+		m = errorMsg(s.reply, s.codec, s.info, err, s.r.cfg.ExposeDefectStacks)
+	} else {
+		m = &nats.Msg{Subject: s.reply, Header: nats.Header{}}
+	}
+	m.Header[HeaderEnd] = []string{"true"}
+	m.Header[HeaderSeq] = []string{strconv.FormatUint(seq, 10)}
+	if perr := s.r.nc.PublishMsg(m); perr != nil {
+		s.r.log.Warn("stream end", "err", perr)
+	}
+}
+
+// Stream calls a streaming RPC and yields its chunks as they arrive. A
+// final non-nil error, if any, is yielded last. Breaking out of the loop
+// cancels the handler on the runner. Only ctx bounds a stream's length (no
+// default timeout applies); while no runner serves the shard it retries.
+func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[Req, Chunk], id string, req Req) iter.Seq2[Chunk, error] {
+	return func(yield func(Chunk, error) bool) {
+		var zero Chunk
+		payload, err := c.codec.Marshal(req)
+		if err != nil {
+			yield(zero, fmt.Errorf("encode request: %w", err))
+			return
+		}
+		info := rpc.Info()
+		m, err := c.newRequest(ctx, info, id, payload)
+		if err != nil {
+			yield(zero, err)
+			return
+		}
+		const window = DefaultStreamWindow
+		m.Header[HeaderStreamWindow] = []string{strconv.Itoa(window)}
+		m.Reply = c.nc.NewInbox()
+		ch := make(chan *nats.Msg, window+8)
+		sub, err := c.nc.ChanSubscribe(m.Reply, ch)
+		if err != nil {
+			yield(zero, err)
+			return
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		_ = sub.SetPendingLimits(-1, -1) // flow control bounds what is in flight
+
+		control := ""
+		finished := false
+		defer func() {
+			if control != "" && !finished {
+				_ = c.nc.PublishMsg(&nats.Msg{Subject: control, Header: nats.Header{HeaderCancel: []string{"true"}}})
+			}
+		}()
+		if err := c.nc.PublishMsg(m); err != nil {
+			yield(zero, err)
+			return
+		}
+		backoff := c.cfg.RetryBackoff
+		var expect uint64 = 1
+		for {
+			var msg *nats.Msg
+			select {
+			case msg = <-ch:
+			case <-ctx.Done():
+				yield(zero, ctx.Err())
+				return
+			}
+			if msg.Header.Get("Status") == "503" && expect == 1 { // no responders: retry
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					yield(zero, fmt.Errorf("%w: %s: %w", ErrShardUnavailable, m.Subject, ctx.Err()))
+					return
+				}
+				backoff = min(backoff*2, c.cfg.RetryBackoffMax)
+				setTimeout(ctx, m.Header)
+				if err := c.nc.PublishMsg(m); err != nil {
+					yield(zero, err)
+					return
+				}
+				continue
+			}
+			seq, _ := strconv.ParseUint(msg.Header.Get(HeaderSeq), 10, 64)
+			if seq != expect {
+				yield(zero, fmt.Errorf("%w: chunk %d arrived, expected %d", ErrStreamBroken, seq, expect))
+				return
+			}
+			expect++
+			if msg.Header.Get(HeaderEnd) != "" {
+				finished = true
+				if code := msg.Header.Get(HeaderError); code != "" {
+					if expect == 2 && retryable(code) {
+						// Refused before any chunk: the shard moved; retry.
+						expect = 1
+						if err := c.nc.PublishMsg(m); err != nil {
+							yield(zero, err)
+							return
+						}
+						finished = false
+						continue
+					}
+					yield(zero, decodeError(info, c.codec, code, msg.Data))
+				}
+				return
+			}
+			if code := msg.Header.Get(HeaderError); code != "" { // refused before streaming began
+				finished = true
+				yield(zero, decodeError(info, c.codec, code, msg.Data))
+				return
+			}
+			control = msg.Header.Get(HeaderControl)
+			var chunk Chunk
+			if err := c.codec.Unmarshal(msg.Data, &chunk); err != nil {
+				yield(zero, fmt.Errorf("%w: chunk: %w", actor.ErrMalformed, err))
+				return
+			}
+			if !yield(chunk, nil) {
+				return
+			}
+			if n := expect - 1; n%(window/2) == 0 && control != "" {
+				ack := &nats.Msg{Subject: control, Header: nats.Header{HeaderAck: []string{strconv.FormatUint(n, 10)}}}
+				if err := c.nc.PublishMsg(ack); err != nil {
+					yield(zero, err)
+					return
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,140 @@
+package mesh
+
+import (
+	"encoding/base64"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Wire protocol v1: subjects and headers. docs/protocol.md is the normative
+// description; these constants are its names.
+const (
+	// ProtocolVersion is the subject token of this protocol version.
+	ProtocolVersion = "v1"
+
+	// HeaderID carries the entity id as UTF-8 when it has no control
+	// characters and no leading or trailing white space.
+	HeaderID = "Mesh-Id"
+	// HeaderIDBase64 carries the entity id as standard base64 of its UTF-8
+	// bytes: for any id, required for ids HeaderID cannot carry.
+	HeaderIDBase64 = "Mesh-Id-B64"
+	// HeaderCodec names the payload codec: "json" (the default when absent)
+	// or "msgpack". Replies use the request's codec.
+	HeaderCodec = "Mesh-Codec"
+	// HeaderTimeout is the caller's remaining time budget in milliseconds;
+	// the handler's context gets this deadline.
+	HeaderTimeout = "Mesh-Timeout"
+	// HeaderError marks an error reply and holds its code; the body is the
+	// error envelope.
+	HeaderError = "Mesh-Error"
+	// HeaderStreamWindow, on a request, asks for a streaming reply with at
+	// most that many unacknowledged chunks in flight.
+	HeaderStreamWindow = "Mesh-Stream-Window"
+	// HeaderSeq numbers the chunks of a stream from 1.
+	HeaderSeq = "Mesh-Seq"
+	// HeaderControl, on a stream chunk, is the subject the caller sends
+	// acknowledgements and cancellation to.
+	HeaderControl = "Mesh-Control"
+	// HeaderEnd marks the last message of a stream (with HeaderError when
+	// the stream failed).
+	HeaderEnd = "Mesh-End"
+	// HeaderAck, on a control message, acknowledges chunks up to its value.
+	HeaderAck = "Mesh-Ack"
+	// HeaderCancel, on a control message, cancels the stream.
+	HeaderCancel = "Mesh-Cancel"
+)
+
+// Codec names on the wire.
+const (
+	CodecJSON    = "json"
+	CodecMsgpack = "msgpack"
+)
+
+// subjects builds the subjects of one cluster (one prefix).
+type subjects struct{ prefix string }
+
+// call is the subject of calls to an RPC of an entity type in a shard.
+func (s subjects) call(shard ShardID, entityType, rpc string) string {
+	return s.prefix + "." + ProtocolVersion + ".call." + shard.Group + "." + strconv.Itoa(shard.N) + "." + entityType + "." + rpc
+}
+
+// shardCalls is the subscription subject of every call to one shard.
+func (s subjects) shardCalls(shard ShardID) string {
+	return s.prefix + "." + ProtocolVersion + ".call." + shard.Group + "." + strconv.Itoa(shard.N) + ".>"
+}
+
+// route is the subject that needs no hashing: any runner takes the call and
+// forwards it to the shard.
+func (s subjects) route(entityType, rpc string) string {
+	return s.prefix + "." + ProtocolVersion + ".entity." + entityType + "." + rpc
+}
+
+func (s subjects) routeAll() string { return s.prefix + "." + ProtocolVersion + ".entity.*.*" }
+
+// parseCall splits a call subject into its shard, type and rpc.
+func (s subjects) parseCall(subject string) (shard ShardID, entityType, rpc string, ok bool) {
+	rest, found := strings.CutPrefix(subject, s.prefix+"."+ProtocolVersion+".call.")
+	if !found {
+		return ShardID{}, "", "", false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 4 {
+		return ShardID{}, "", "", false
+	}
+	n, err := strconv.Atoi(parts[1])
+	if err != nil || n < 0 {
+		return ShardID{}, "", "", false
+	}
+	return ShardID{Group: parts[0], N: n}, parts[2], parts[3], true
+}
+
+// parseRoute splits a route subject into type and rpc.
+func (s subjects) parseRoute(subject string) (entityType, rpc string, ok bool) {
+	rest, found := strings.CutPrefix(subject, s.prefix+"."+ProtocolVersion+".entity.")
+	if !found {
+		return "", "", false
+	}
+	entityType, rpc, ok = strings.Cut(rest, ".")
+	return entityType, rpc, ok && !strings.Contains(rpc, ".")
+}
+
+// idHeaderSafe reports whether id can travel in HeaderID unchanged: header
+// values lose leading and trailing white space and cannot hold line breaks.
+func idHeaderSafe(id string) bool {
+	if id == "" || id[0] == ' ' || id[0] == '\t' || id[len(id)-1] == ' ' || id[len(id)-1] == '\t' {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// setID puts id in h, in the form the protocol prescribes for it.
+func setID(h nats.Header, id string) {
+	if idHeaderSafe(id) {
+		h[HeaderID] = []string{id}
+	} else {
+		h[HeaderIDBase64] = []string{base64.StdEncoding.EncodeToString([]byte(id))}
+	}
+}
+
+// getID reads the entity id from a request's headers.
+func getID(h nats.Header) (string, error) {
+	if v := h[HeaderIDBase64]; len(v) > 0 {
+		b, err := base64.StdEncoding.DecodeString(v[0])
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", HeaderIDBase64, err)
+		}
+		return string(b), nil
+	}
+	if v := h[HeaderID]; len(v) > 0 {
+		return v[0], nil
+	}
+	return "", fmt.Errorf("missing %s or %s header", HeaderID, HeaderIDBase64)
+}
