@@ -228,7 +228,7 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 func (r *Runner) onCall(m *nats.Msg) {
 	shard, entityType, rpc, ok := r.subj.parseCall(m.Subject)
 	if !ok {
-		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
+		r.refuse(m, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
 		return
 	}
 	r.handle(m, shard, entityType, rpc)
@@ -239,22 +239,22 @@ func (r *Runner) onCall(m *nats.Msg) {
 func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 	codec, err := CodecByName(m.Header.Get(HeaderCodec))
 	if err != nil {
-		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		r.refuse(m, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
 		return
 	}
 	id, err := getID(m.Header)
 	if err != nil {
-		r.replyError(m.Reply, codec, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		r.refuse(m, codec, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
 		return
 	}
 	if err := actor.ValidateID(id); err != nil {
-		r.replyError(m.Reply, codec, nil, err)
+		r.refuse(m, codec, nil, err)
 		return
 	}
 	// A call addressed to the wrong shard must not activate the entity here:
 	// this runner may not own the entity's real shard.
 	if g := r.cfg.groupOf(entityType); g != shard.Group || ShardOf(id, r.cfg.ShardsPerGroup) != shard.N {
-		r.replyError(m.Reply, codec, nil, fmt.Errorf("%w: entity %s/%s is in shard %s/%d, not %s",
+		r.refuse(m, codec, nil, fmt.Errorf("%w: entity %s/%s is in shard %s/%d, not %s",
 			ErrBadRequest, entityType, id, g, ShardOf(id, r.cfg.ShardsPerGroup), shard))
 		return
 	}
@@ -266,7 +266,7 @@ func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 	if v := m.Header.Get(HeaderTimeout); v != "" {
 		ms, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || ms <= 0 {
-			r.replyError(m.Reply, codec, info, fmt.Errorf("%w: %s %q", ErrBadRequest, HeaderTimeout, v))
+			r.refuse(m, codec, info, fmt.Errorf("%w: %s %q", ErrBadRequest, HeaderTimeout, v))
 			return
 		}
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
@@ -277,14 +277,14 @@ func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 			if cancel != nil {
 				cancel()
 			}
-			r.replyError("", codec, info, fmt.Errorf("%w: a streaming call needs a reply subject", ErrBadRequest))
+			r.refuse(m, codec, info, fmt.Errorf("%w: a streaming call needs a reply subject", ErrBadRequest))
 			return
 		}
 		ctx, cancel = r.newStreamContext(ctx, cancel)
 		rep, err = r.newStreamReplier(ctx, cancel, m, codec, info)
 		if err != nil {
 			cancel()
-			r.replyError(m.Reply, codec, info, err)
+			r.refuse(m, codec, info, err)
 			return
 		}
 	} else {
@@ -329,6 +329,23 @@ func (p *replier) Reply(payload []byte, err error) {
 		}
 	}
 	p.r.replyError(p.reply, p.codec, p.info, err)
+}
+
+// refuse answers request m with the error envelope of err. A refused
+// streaming request gets the stream's end marker too (docs/protocol.md).
+func (r *Runner) refuse(m *nats.Msg, codec Codec, info actor.RPCInfo, err error) {
+	if m.Reply == "" {
+		r.log.Debug("call failed with no reply subject", "subject", m.Subject, "err", err)
+		return
+	}
+	out := errorMsg(m.Reply, codec, info, err, r.cfg.ExposeDefectStacks)
+	if m.Header.Get(HeaderStreamWindow) != "" {
+		out.Header[HeaderEnd] = []string{"true"}
+		out.Header[HeaderSeq] = []string{"1"}
+	}
+	if perr := r.nc.PublishMsg(out); perr != nil {
+		r.log.Warn("error reply", "err", perr)
+	}
 }
 
 // replyError answers reply with the error envelope of err.
@@ -377,12 +394,12 @@ func errorMsg(reply string, codec Codec, info actor.RPCInfo, err error, stacks b
 func (r *Runner) onRoute(m *nats.Msg) {
 	entityType, rpc, ok := r.subj.parseRoute(m.Subject)
 	if !ok {
-		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
+		r.refuse(m, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
 		return
 	}
 	id, err := getID(m.Header)
 	if err != nil {
-		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		r.refuse(m, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
 		return
 	}
 	shard := ShardID{Group: r.cfg.groupOf(entityType), N: ShardOf(id, r.cfg.ShardsPerGroup)}
@@ -394,7 +411,7 @@ func (r *Runner) onRoute(m *nats.Msg) {
 		return
 	}
 	if m.Header.Get(HeaderStreamWindow) != "" {
-		r.replyError(m.Reply, JSON, nil, fmt.Errorf("%w: streams are not routed; call the shard subject", ErrBadRequest))
+		r.refuse(m, JSON, nil, fmt.Errorf("%w: streams are not routed; call the shard subject", ErrBadRequest))
 		return
 	}
 	go r.forward(m, shard, entityType, rpc)
@@ -423,7 +440,7 @@ func (r *Runner) forward(m *nats.Msg, shard ShardID, entityType, rpc string) {
 		if codec == nil {
 			codec = JSON
 		}
-		r.replyError(m.Reply, codec, nil, err)
+		r.refuse(m, codec, nil, err)
 		return
 	}
 	out := &nats.Msg{Subject: m.Reply, Data: reply.Data, Header: reply.Header}

@@ -218,6 +218,11 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 				}
 				continue
 			}
+			if code := msg.Header.Get(HeaderError); code != "" && msg.Header.Get(HeaderEnd) == "" {
+				finished = true // an error without the end marker: refused outright
+				yield(zero, decodeError(info, c.codec, code, msg.Data))
+				return
+			}
 			seq, _ := strconv.ParseUint(msg.Header.Get(HeaderSeq), 10, 64)
 			if seq != expect {
 				yield(zero, fmt.Errorf("%w: chunk %d arrived, expected %d", ErrStreamBroken, seq, expect))
@@ -239,11 +244,6 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 					}
 					yield(zero, decodeError(info, c.codec, code, msg.Data))
 				}
-				return
-			}
-			if code := msg.Header.Get(HeaderError); code != "" { // refused before streaming began
-				finished = true
-				yield(zero, decodeError(info, c.codec, code, msg.Data))
 				return
 			}
 			control = msg.Header.Get(HeaderControl)
