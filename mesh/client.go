@@ -47,6 +47,23 @@ func (c *Client) withTimeout(ctx context.Context) (context.Context, context.Canc
 	return context.WithTimeout(ctx, c.cfg.CallTimeout)
 }
 
+// request sends req once. A context that can never be cancelled needs no
+// derived context: nats.go's timed request is cheaper than a timer context.
+func (c *Client) request(ctx context.Context, req *nats.Msg, until time.Time) (*nats.Msg, error) {
+	if ctx.Done() == nil {
+		d := time.Until(until)
+		if d <= 0 {
+			return nil, context.DeadlineExceeded
+		}
+		m, err := c.nc.RequestMsg(req, d)
+		if errors.Is(err, nats.ErrTimeout) {
+			err = context.DeadlineExceeded
+		}
+		return m, err
+	}
+	return c.nc.RequestMsgWithContext(ctx, req)
+}
+
 // newRequest builds the request message of a call.
 func (c *Client) newRequest(ctx context.Context, info actor.RPCInfo, id string, payload []byte) (*nats.Msg, error) {
 	if err := actor.ValidateID(id); err != nil {
@@ -63,15 +80,23 @@ func (c *Client) newRequest(ctx context.Context, info actor.RPCInfo, id string, 
 	}
 	setID(m.Header, id)
 	m.Header[HeaderCodec] = []string{c.codec.Name()}
-	setTimeout(ctx, m.Header)
+	if d, ok := ctx.Deadline(); ok {
+		setDeadline(d, m.Header)
+	} else {
+		setDeadline(time.Now().Add(c.cfg.CallTimeout), m.Header)
+	}
 	return m, nil
 }
 
 func setTimeout(ctx context.Context, h nats.Header) {
 	if d, ok := ctx.Deadline(); ok {
-		ms := max(time.Until(d).Milliseconds(), 1)
-		h[HeaderTimeout] = []string{strconv.FormatInt(ms, 10)}
+		setDeadline(d, h)
 	}
+}
+
+func setDeadline(d time.Time, h nats.Header) {
+	ms := max(time.Until(d).Milliseconds(), 1)
+	h[HeaderTimeout] = []string{strconv.FormatInt(ms, 10)}
 }
 
 // requestRetry sends req and waits for its reply, retrying with backoff
@@ -79,9 +104,13 @@ func setTimeout(ctx context.Context, h nats.Header) {
 // that it no longer serves it) until ctx ends.
 func (c *Client) requestRetry(ctx context.Context, req *nats.Msg) (*nats.Msg, error) {
 	backoff := c.cfg.RetryBackoff
+	until, ok := ctx.Deadline()
+	if !ok {
+		until = time.Now().Add(c.cfg.CallTimeout)
+	}
 	var last error
 	for {
-		reply, err := c.nc.RequestMsgWithContext(ctx, req)
+		reply, err := c.request(ctx, req, until)
 		switch {
 		case err == nil:
 			code := reply.Header.Get(HeaderError)
@@ -101,15 +130,19 @@ func (c *Client) requestRetry(ctx context.Context, req *nats.Msg) (*nats.Msg, er
 		default:
 			return nil, err
 		}
-		t := time.NewTimer(backoff)
+		wait := min(backoff, time.Until(until))
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
 			return nil, fmt.Errorf("%w: %s: %w (last: %v)", ErrShardUnavailable, req.Subject, ctx.Err(), last)
 		}
+		if !time.Now().Before(until) {
+			return nil, fmt.Errorf("%w: %s: %w (last: %v)", ErrShardUnavailable, req.Subject, context.DeadlineExceeded, last)
+		}
 		backoff = min(backoff*2, c.cfg.RetryBackoffMax)
-		setTimeout(ctx, req.Header)
+		setDeadline(until, req.Header)
 	}
 }
 
@@ -166,8 +199,11 @@ func decodeReply[Resp any](info actor.RPCInfo, codec Codec, reply *nats.Msg) (Re
 // actor.ErrInvalidID, or ctx's error.
 func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp], id string, req Req) (Resp, error) {
 	var zero Resp
-	ctx, cancel := c.withTimeout(ctx)
-	defer cancel()
+	if ctx.Done() != nil { // cancellable: bound it (an uncancellable one is bounded by requestRetry)
+		var cancel context.CancelFunc
+		ctx, cancel = c.withTimeout(ctx)
+		defer cancel()
+	}
 	payload, err := c.codec.Marshal(req)
 	if err != nil {
 		return zero, fmt.Errorf("encode request: %w", err)

@@ -269,7 +269,16 @@ func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 			r.refuse(m, codec, info, fmt.Errorf("%w: %s %q", ErrBadRequest, HeaderTimeout, v))
 			return
 		}
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+		dc := newDeadlineCtx(time.Now().Add(time.Duration(ms) * time.Millisecond))
+		ctx, cancel = dc, dc.cancel
+	}
+	streamReq := m.Header.Get(HeaderStreamWindow) != ""
+	if streamReq && info != nil && info.Kind() != actor.Streaming {
+		if cancel != nil {
+			cancel()
+		}
+		r.refuse(m, codec, info, fmt.Errorf("%w: %s.%s is not a streaming rpc", ErrBadRequest, entityType, rpc))
+		return
 	}
 	var rep actor.Replier
 	if info != nil && info.Kind() == actor.Streaming {
@@ -291,7 +300,16 @@ func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 		rep = &replier{r: r, reply: m.Reply, codec: codec, info: info, cancel: cancel}
 	}
 	if err := r.rt.Deliver(ctx, entityType, id, rpc, codec, m.Data, rep); err != nil {
-		rep.Reply(nil, err)
+		if _, ok := rep.(*streamReplier); ok || !streamReq {
+			rep.Reply(nil, err)
+			return
+		}
+		// A stream request for an unknown type or rpc: answer it as a
+		// refused stream (with the end marker), as the protocol says.
+		if cancel != nil {
+			cancel()
+		}
+		r.refuse(m, codec, nil, err)
 	}
 }
 

@@ -80,15 +80,18 @@ func (s subjects) parseCall(subject string) (shard ShardID, entityType, rpc stri
 	if !found {
 		return ShardID{}, "", "", false
 	}
-	parts := strings.Split(rest, ".")
-	if len(parts) != 4 {
+	// Four tokens: group, shard, type, rpc (no allocation: this runs per call).
+	group, rest, ok1 := strings.Cut(rest, ".")
+	num, rest, ok2 := strings.Cut(rest, ".")
+	entityType, rpc, ok3 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || !ok3 || strings.Contains(rpc, ".") {
 		return ShardID{}, "", "", false
 	}
-	n, err := strconv.Atoi(parts[1])
+	n, err := strconv.Atoi(num)
 	if err != nil || n < 0 {
 		return ShardID{}, "", "", false
 	}
-	return ShardID{Group: parts[0], N: n}, parts[2], parts[3], true
+	return ShardID{Group: group, N: n}, entityType, rpc, true
 }
 
 // parseRoute splits a route subject into type and rpc.
