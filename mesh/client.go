@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,10 +18,14 @@ import (
 // and sends to the shard's subject. It hosts nothing (client-only mode) and
 // is safe for concurrent use.
 type Client struct {
-	nc    *nats.Conn
-	cfg   Config
-	subj  subjects
-	codec Codec
+	nc         *nats.Conn
+	cfg        Config
+	subj       subjects
+	codec      Codec
+	codecValue []string // the codec header's value, shared by every request
+
+	subjectsMu sync.RWMutex
+	subjects   map[actor.RPCInfo][]string // call subject per shard, built on first use
 }
 
 // NewClient returns a client on nc. It returns an error wrapping
@@ -30,7 +35,11 @@ func NewClient(nc *nats.Conn, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	codec, _ := CodecByName(cfg.Codec)
-	return &Client{nc: nc, cfg: cfg, subj: subjects{prefix: cfg.Prefix}, codec: codec}, nil
+	return &Client{
+		nc: nc, cfg: cfg, subj: subjects{prefix: cfg.Prefix}, codec: codec,
+		codecValue: []string{codec.Name()},
+		subjects:   map[actor.RPCInfo][]string{},
+	}, nil
 }
 
 // Shard returns the shard of an entity.
@@ -72,20 +81,39 @@ func (c *Client) newRequest(ctx context.Context, info actor.RPCInfo, id string, 
 	if max := c.nc.MaxPayload(); max > 0 && int64(len(payload)) > max {
 		return nil, fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), max)
 	}
-	entityType := info.Entity().Name()
 	m := &nats.Msg{
-		Subject: c.subj.call(c.Shard(entityType, id), entityType, info.Name()),
+		Subject: c.callSubject(info, id),
 		Data:    payload,
 		Header:  make(nats.Header, 3),
 	}
 	setID(m.Header, id)
-	m.Header[HeaderCodec] = []string{c.codec.Name()}
+	m.Header[HeaderCodec] = c.codecValue
+	// Only a deadline the caller chose travels to the handler; the default
+	// CallTimeout is the client's own guard.
 	if d, ok := ctx.Deadline(); ok {
 		setDeadline(d, m.Header)
-	} else {
-		setDeadline(time.Now().Add(c.cfg.CallTimeout), m.Header)
 	}
 	return m, nil
+}
+
+// callSubject returns the call subject of rpc for entity id.
+func (c *Client) callSubject(info actor.RPCInfo, id string) string {
+	n := ShardOf(id, c.cfg.ShardsPerGroup)
+	c.subjectsMu.RLock()
+	subs := c.subjects[info]
+	c.subjectsMu.RUnlock()
+	if subs == nil {
+		entityType := info.Entity().Name()
+		group := c.cfg.groupOf(entityType)
+		subs = make([]string, c.cfg.ShardsPerGroup)
+		for i := range subs {
+			subs[i] = c.subj.call(ShardID{Group: group, N: i}, entityType, info.Name())
+		}
+		c.subjectsMu.Lock()
+		c.subjects[info] = subs
+		c.subjectsMu.Unlock()
+	}
+	return subs[n]
 }
 
 func setTimeout(ctx context.Context, h nats.Header) {
@@ -142,7 +170,9 @@ func (c *Client) requestRetry(ctx context.Context, req *nats.Msg) (*nats.Msg, er
 			return nil, fmt.Errorf("%w: %s: %w (last: %v)", ErrShardUnavailable, req.Subject, context.DeadlineExceeded, last)
 		}
 		backoff = min(backoff*2, c.cfg.RetryBackoffMax)
-		setDeadline(until, req.Header)
+		if _, ok := req.Header[HeaderTimeout]; ok {
+			setDeadline(until, req.Header)
+		}
 	}
 }
 
@@ -189,7 +219,8 @@ func decodeReply[Resp any](info actor.RPCInfo, codec Codec, reply *nats.Msg) (Re
 
 // Call sends req to the entity id of rpc's entity type, wherever it runs,
 // and waits for the reply. A default timeout (Config.CallTimeout) applies
-// when ctx has no deadline; the handler's context gets the same deadline.
+// when ctx has no deadline; when ctx has one, the handler's context gets it
+// too (Mesh-Timeout).
 // While no runner serves the entity's shard, Call retries with backoff.
 //
 // Errors: ErrShardUnavailable (no runner before the deadline), a *actor.Defect,

@@ -27,6 +27,13 @@ type Runner struct {
 	groups map[string]int // group name -> index
 	client *Client        // forwards calls that arrive on the route subject
 
+	// Every shard subscription feeds inbox; one dispatcher goroutine hands
+	// the messages to entity mailboxes (which never blocks). That keeps each
+	// shard's order and costs one goroutine instead of one per shard.
+	inbox        chan *nats.Msg
+	stopDispatch chan struct{}
+	dispatchDone chan struct{}
+
 	mu       sync.Mutex
 	shards   map[ShardID]*nats.Subscription
 	routeSub *nats.Subscription
@@ -48,6 +55,10 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 		log:    cfg.Logger,
 		groups: map[string]int{},
 		shards: map[ShardID]*nats.Subscription{},
+
+		inbox:        make(chan *nats.Msg, inboxSize),
+		stopDispatch: make(chan struct{}),
+		dispatchDone: make(chan struct{}),
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -108,6 +119,7 @@ func (r *Runner) Start(ctx context.Context) error {
 		return fmt.Errorf("%w: runner already started", ErrInvalidOption)
 	}
 	r.started = true
+	go r.dispatch()
 	sub, err := r.nc.QueueSubscribe(r.subj.routeAll(), r.cfg.Prefix+"-route", r.onRoute)
 	if err != nil {
 		r.mu.Unlock()
@@ -155,7 +167,7 @@ func (r *Runner) ServeShard(s ShardID) error {
 	if err := r.rt.OpenPartition(r.partition(s)); err != nil {
 		return err
 	}
-	sub, err := r.nc.Subscribe(r.subj.shardCalls(s), r.onCall)
+	sub, err := r.nc.ChanSubscribe(r.subj.shardCalls(s), r.inbox)
 	if err != nil {
 		_ = r.rt.ClosePartition(context.Background(), r.partition(s), nil)
 		return fmt.Errorf("subscribe shard %s: %w", s, err)
@@ -216,12 +228,47 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 		for _, sub := range subs {
 			_ = sub.Unsubscribe()
 		}
+		if r.started {
+			close(r.stopDispatch)
+		}
+	}
+	if r.started {
+		select {
+		case <-r.dispatchDone:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	err := r.rt.Shutdown(ctx)
 	if ferr := r.flush(ctx); err == nil && ferr != nil && !errors.Is(ferr, nats.ErrConnectionClosed) {
 		err = ferr
 	}
 	return err
+}
+
+// inboxSize bounds the calls received but not yet in a mailbox. Past it
+// nats.go drops messages as a slow consumer (callers then time out), as
+// it would past an async subscription's pending limit.
+const inboxSize = 1 << 16
+
+// dispatch moves calls from the shard subscriptions to entity mailboxes.
+func (r *Runner) dispatch() {
+	defer close(r.dispatchDone)
+	for {
+		select {
+		case m := <-r.inbox:
+			r.onCall(m)
+		case <-r.stopDispatch:
+			for { // the subscriptions are gone: hand over what arrived
+				select {
+				case m := <-r.inbox:
+					r.onCall(m)
+				default:
+					return
+				}
+			}
+		}
+	}
 }
 
 // onCall handles a message on a shard subject.
