@@ -197,7 +197,7 @@ func (in *Instance) activate() ([]Handler, error) {
 		obs.Activated(in.addr)
 	}
 	for range extra {
-		go in.drain()
+		rt.startDrain(in)
 	}
 	return handlers, nil
 }
