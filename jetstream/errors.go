@@ -1,0 +1,37 @@
+package jetstream
+
+import "errors"
+
+// Errors returned by this package. Match them with errors.Is; most are
+// wrapped with the key and the cause.
+var (
+	// ErrInvalidConfig is returned by LeaseConfig.Validate and OpenLeases
+	// for a configuration that cannot work.
+	ErrInvalidConfig = errors.New("jetstream: invalid config")
+
+	// ErrInvalidArgument is returned for a key or holder id that cannot be
+	// stored (see Leases.Acquire).
+	ErrInvalidArgument = errors.New("jetstream: invalid argument")
+
+	// ErrLeaseHeld is returned by Acquire when another holder has the
+	// lease; the message names that holder.
+	ErrLeaseHeld = errors.New("jetstream: lease held by another holder")
+
+	// ErrLeaseLost is returned when the key no longer names this lease:
+	// another holder took it, or it was released or expired on the server.
+	// The holder must stop acting on it at once.
+	ErrLeaseLost = errors.New("jetstream: lease lost")
+
+	// ErrLeaseExpired is returned when the local validity of a lease passed
+	// without a confirmed renewal. The key may still name the holder on the
+	// server, but the holder must act as if it had lost it (fencing); it may
+	// try Acquire again, which takes over a key that still names it.
+	ErrLeaseExpired = errors.New("jetstream: lease expired locally")
+
+	// ErrNoLease is returned by Holder when nobody holds the key.
+	ErrNoLease = errors.New("jetstream: no lease")
+
+	// ErrStopped is the reason a Keeper reports after Stop, Release or the
+	// cancellation of its context.
+	ErrStopped = errors.New("jetstream: keeper stopped")
+)

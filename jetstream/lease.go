@@ -1,0 +1,674 @@
+package jetstream
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+)
+
+// LeaseConfig configures a lease bucket. Zero fields take the value of
+// DefaultLeaseConfig.
+type LeaseConfig struct {
+	// Bucket is the KV bucket (stream KV_<Bucket>) holding the leases.
+	Bucket string
+	// Replicas is the bucket's replication factor: 3 in a production
+	// cluster, 1 on a single server.
+	Replicas int
+	// TTL is how long the server keeps a lease after its last write. NATS
+	// truncates per-message TTLs to whole seconds, so TTL must be a whole
+	// number of seconds, at least 1s.
+	TTL time.Duration
+	// Margin is subtracted from TTL to give the holder's local validity: a
+	// holder stops acting on a lease Margin before the server could expire
+	// it. It must cover clock-rate drift between holder and server and the
+	// time the holder needs to stop work after losing the lease.
+	Margin time.Duration
+}
+
+// DefaultLeaseConfig returns the defaults: bucket "leases", one replica, a
+// 35 s TTL (DESIGN.md's shardLockExpiration) and a 1 s margin.
+func DefaultLeaseConfig() LeaseConfig {
+	return LeaseConfig{Bucket: "leases", Replicas: 1, TTL: 35 * time.Second, Margin: time.Second}
+}
+
+func (c LeaseConfig) withDefaults() LeaseConfig {
+	d := DefaultLeaseConfig()
+	if c.Bucket == "" {
+		c.Bucket = d.Bucket
+	}
+	if c.Replicas == 0 {
+		c.Replicas = d.Replicas
+	}
+	if c.TTL == 0 {
+		c.TTL = d.TTL
+	}
+	if c.Margin == 0 {
+		c.Margin = d.Margin
+	}
+	return c
+}
+
+// Validate reports whether c (after defaults) can work. Errors wrap
+// ErrInvalidConfig.
+func (c LeaseConfig) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case !validBucket(c.Bucket):
+		return fmt.Errorf("%w: bucket %q: want [a-zA-Z0-9_-]+", ErrInvalidConfig, c.Bucket)
+	case c.Replicas < 1 || c.Replicas > 5:
+		return fmt.Errorf("%w: replicas %d: want 1 to 5", ErrInvalidConfig, c.Replicas)
+	case c.TTL < time.Second || c.TTL%time.Second != 0:
+		return fmt.Errorf("%w: TTL %v: want whole seconds, at least 1s", ErrInvalidConfig, c.TTL)
+	case c.Margin < 0 || c.Margin >= c.TTL:
+		return fmt.Errorf("%w: margin %v: want 0 < margin < TTL %v", ErrInvalidConfig, c.Margin, c.TTL)
+	}
+	return nil
+}
+
+// validity is how long a lease stays locally valid after the request that
+// wrote it was sent.
+func (c LeaseConfig) validity() time.Duration { return c.TTL - c.Margin }
+
+// attemptTimeout bounds one request of a retried operation, so that a
+// request lost during a leader election is retried well before the lease's
+// validity runs out. A JetStream CAS normally takes milliseconds.
+func (c LeaseConfig) attemptTimeout() time.Duration {
+	return min(max(c.validity()/4, 250*time.Millisecond), 2*time.Second)
+}
+
+const (
+	// defaultTimeout applies to Acquire, Release and Holder when their
+	// context has no deadline.
+	defaultTimeout = 5 * time.Second
+	// retryPause separates the attempts of a retried operation.
+	retryPause = 25 * time.Millisecond
+)
+
+// Lease is one holder's claim on a key, as last confirmed by the server.
+// It is a value: Renew returns a new one.
+type Lease struct {
+	// Key is the KV key of the lease.
+	Key string
+	// Holder identifies the holder; unique per process incarnation.
+	Holder string
+	// Meta is the holder's optional metadata stored with the lease
+	// (read-only).
+	Meta []byte
+	// Revision is the KV revision of the holder's last confirmed write. It
+	// strictly increases and is never reused within the bucket, so it is
+	// the fencing token: carry it in everything written on the lease's
+	// behalf.
+	Revision uint64
+
+	// expires is the local validity deadline: the time the confirmed write
+	// was sent plus TTL minus Margin. It carries Go's monotonic clock
+	// reading, so wall-clock jumps do not move it.
+	expires time.Time
+}
+
+// Valid reports whether the holder may still act on the lease at now
+// (pass time.Now(), whose monotonic reading is what makes the comparison
+// safe).
+func (l Lease) Valid(now time.Time) bool {
+	return !l.expires.IsZero() && now.Before(l.expires)
+}
+
+// Expires returns the local validity deadline: the time the last confirmed
+// write was sent plus TTL minus Margin. The server expires the key no
+// earlier than Margin after it.
+func (l Lease) Expires() time.Time { return l.expires }
+
+// AcquireOption configures Acquire.
+type AcquireOption func(*acquireOptions)
+
+type acquireOptions struct {
+	meta []byte
+}
+
+// WithMeta stores meta with the lease (e.g. a runner's address), readable
+// from Lease.Meta and watch events. Renewals keep it.
+func WithMeta(meta []byte) AcquireOption {
+	return func(o *acquireOptions) { o.meta = meta }
+}
+
+// Leases is a lease store on one KV bucket. It is safe for concurrent use.
+type Leases struct {
+	js  natsjs.JetStream
+	nc  *nats.Conn
+	kv  natsjs.KeyValue
+	cfg LeaseConfig
+
+	subjPrefix string // $KV.<bucket>.
+	getSubj    string // leader-only message get on the bucket's stream
+}
+
+// OpenLeases creates the lease bucket, or updates it to cfg, and returns
+// the store. The bucket keeps one revision per key and has per-key TTLs
+// with expiry markers enabled (LimitMarkerTTL = TTL), which needs
+// nats-server 2.11 or later.
+//
+// js must use the default API prefix and no domain: renewals and
+// leader-only reads are sent on raw subjects. Errors wrap ErrInvalidConfig
+// or come from the server.
+func OpenLeases(ctx context.Context, js natsjs.JetStream, cfg LeaseConfig) (*Leases, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if o := js.Options(); o.Domain != "" || (o.APIPrefix != "" && o.APIPrefix != natsjs.DefaultAPIPrefix) {
+		return nil, fmt.Errorf("%w: JetStream domains and API prefixes are not supported", ErrInvalidConfig)
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	kv, err := js.CreateOrUpdateKeyValue(ctx, natsjs.KeyValueConfig{
+		Bucket:   cfg.Bucket,
+		History:  1,
+		Replicas: cfg.Replicas,
+		// Enables per-key TTLs (AllowMsgTTL) and makes the server write a
+		// marker when a key expires, so watchers see expiries and Create
+		// remains a CAS on the marker's revision.
+		LimitMarkerTTL: cfg.TTL,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open lease bucket %s: %w", cfg.Bucket, err)
+	}
+	return &Leases{
+		js:         js,
+		nc:         js.Conn(),
+		kv:         kv,
+		cfg:        cfg,
+		subjPrefix: "$KV." + cfg.Bucket + ".",
+		getSubj:    natsjs.DefaultAPIPrefix + "STREAM.MSG.GET.KV_" + cfg.Bucket,
+	}, nil
+}
+
+// Config returns the store's configuration, defaults applied.
+func (ls *Leases) Config() LeaseConfig { return ls.cfg }
+
+// Acquire takes the lease on key for holder if nobody holds it, with a
+// CAS create carrying the per-key TTL; re-acquiring a released or expired
+// key is still a CAS, on the revision of its delete or expiry marker.
+//
+// If the key already names holder (our own earlier attempt landed but its
+// reply was lost, or this incarnation acquired it before), Acquire takes it
+// over with a CAS at the revision it read, which also gives a validity we
+// can compute. That is safe only because holder ids are unique per process
+// incarnation: a key naming holder was written by this incarnation, and the
+// CAS fails if anyone wrote the key since it was read.
+//
+// Errors: ErrLeaseHeld if another holder has it, ErrInvalidArgument for a
+// bad key or holder, the context's error, or a server error.
+func (ls *Leases) Acquire(ctx context.Context, key, holder string, opts ...AcquireOption) (Lease, error) {
+	var o acquireOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := checkKeyHolder(key, holder); err != nil {
+		return Lease{}, err
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	value := encodeValue(holder, o.meta)
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if err := pause(ctx, time.Time{}); err != nil {
+				return Lease{}, fmt.Errorf("acquire %s: %w (last error: %v)", key, err, lastErr)
+			}
+		}
+		sent := time.Now()
+		rev, err := ls.attempt(ctx, time.Time{}, func(ctx context.Context) (uint64, error) {
+			return ls.kv.Create(ctx, key, value, natsjs.KeyTTL(ls.cfg.TTL))
+		})
+		if err == nil {
+			return ls.lease(key, holder, o.meta, rev, sent), nil
+		}
+		if err := final(ctx, err); err != nil {
+			return Lease{}, fmt.Errorf("acquire %s: %w", key, err)
+		}
+		// Conflict or unknown outcome: look at what the key holds now.
+		lastErr = err
+		e, err := ls.read(ctx, key, time.Time{})
+		if err != nil {
+			if err := final(ctx, err); err != nil {
+				return Lease{}, fmt.Errorf("acquire %s: %w", key, err)
+			}
+			lastErr = err
+			continue
+		}
+		switch {
+		case !e.held():
+			// Released or expired since our attempt: create again.
+		case e.holder != holder:
+			return Lease{}, fmt.Errorf("acquire %s: %w: %q at revision %d", key, ErrLeaseHeld, e.holder, e.rev)
+		default:
+			sent = time.Now()
+			rev, err := ls.attempt(ctx, time.Time{}, func(ctx context.Context) (uint64, error) {
+				return ls.cas(ctx, key, value, e.rev)
+			})
+			if err == nil {
+				return ls.lease(key, holder, o.meta, rev, sent), nil
+			}
+			if err := final(ctx, err); err != nil {
+				return Lease{}, fmt.Errorf("acquire %s: take over own key: %w", key, err)
+			}
+			lastErr = err
+		}
+	}
+}
+
+// Renew extends l with a CAS write at l.Revision that carries the TTL again,
+// and returns the renewed lease, valid until the time this write was sent
+// plus TTL minus Margin.
+//
+// It does not use KeyValue.Update: Update cannot carry a TTL and silently
+// drops the key's per-key TTL, so the key would never expire
+// (nats-io/nats.go#1994). It publishes to the key's subject with
+// Nats-Expected-Last-Subject-Sequence and Nats-TTL headers instead.
+//
+// A request whose outcome is unknown (timeout, no responders during a
+// leader election) or a revision mismatch is disambiguated with a
+// leader-only read: if the key names l.Holder at a newer revision, our
+// write landed, and Renew adopts that revision but not a longer validity
+// (it cannot know when that write was sent), then renews again at it. It
+// retries until a write is confirmed, the key is found to belong to
+// someone else, or the lease's local validity passes.
+//
+// Errors: ErrLeaseLost if the key no longer names l.Holder; ErrLeaseExpired
+// if l is not valid at the call or its validity passed before a write was
+// confirmed; the context's error; or a server or connection error. On
+// error the returned Lease carries the newest revision known to be ours
+// (for Release) and l's unchanged validity.
+func (ls *Leases) Renew(ctx context.Context, l Lease) (Lease, error) {
+	if !l.Valid(time.Now()) {
+		return l, fmt.Errorf("renew %s: %w", l.Key, ErrLeaseExpired)
+	}
+	value := encodeValue(l.Holder, l.Meta)
+	cur := l
+	var lastErr error
+	for {
+		if lastErr != nil {
+			if err := pause(ctx, cur.expires); err != nil {
+				return cur, fmt.Errorf("renew %s: %w (last error: %v)", l.Key, err, lastErr)
+			}
+		}
+		sent := time.Now()
+		if !cur.Valid(sent) {
+			return cur, fmt.Errorf("renew %s: %w (last error: %v)", l.Key, ErrLeaseExpired, lastErr)
+		}
+		rev, err := ls.attempt(ctx, cur.expires, func(ctx context.Context) (uint64, error) {
+			return ls.cas(ctx, l.Key, value, cur.Revision)
+		})
+		if err == nil {
+			return ls.lease(l.Key, l.Holder, l.Meta, rev, sent), nil
+		}
+		if err := final(ctx, err); err != nil {
+			return cur, fmt.Errorf("renew %s: %w", l.Key, err)
+		}
+		lastErr = err
+		e, err := ls.read(ctx, l.Key, cur.expires)
+		if err != nil {
+			if err := final(ctx, err); err != nil {
+				return cur, fmt.Errorf("renew %s: %w", l.Key, err)
+			}
+			lastErr = err
+			continue
+		}
+		switch {
+		case !e.held() || e.holder != l.Holder:
+			return cur, fmt.Errorf("renew %s: %w: %s", l.Key, ErrLeaseLost, e)
+		case e.rev > cur.Revision:
+			// An earlier attempt landed. Adopt its revision, keep the
+			// validity, and renew again at once for a confirmed write.
+			cur.Revision = e.rev
+			lastErr = nil
+		default:
+			// Still at our revision: the attempt did not land (or is in
+			// flight; the CAS settles it). Retry.
+		}
+	}
+}
+
+// Release gives up l with a conditional delete at l.Revision, so a stale
+// lease never deletes a newer holder's key. Watchers see a release event
+// and others can Acquire at once. The holder must have stopped acting on
+// the lease before calling Release.
+//
+// It returns nil once the key no longer names l.Holder because of us or
+// because it expired, and ErrLeaseLost if another holder has it (nothing
+// to release). Other errors: the context's, or a server error.
+//
+// A released key keeps a small delete marker until it is written again.
+func (ls *Leases) Release(ctx context.Context, l Lease) error {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	rev := l.Revision
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 && lastErr != nil {
+			if err := pause(ctx, time.Time{}); err != nil {
+				return fmt.Errorf("release %s: %w (last error: %v)", l.Key, err, lastErr)
+			}
+		}
+		_, err := ls.attempt(ctx, time.Time{}, func(ctx context.Context) (uint64, error) {
+			return 0, ls.kv.Delete(ctx, l.Key, natsjs.LastRevision(rev))
+		})
+		if err == nil {
+			return nil
+		}
+		if err := final(ctx, err); err != nil {
+			return fmt.Errorf("release %s: %w", l.Key, err)
+		}
+		lastErr = err
+		e, err := ls.read(ctx, l.Key, time.Time{})
+		if err != nil {
+			if err := final(ctx, err); err != nil {
+				return fmt.Errorf("release %s: %w", l.Key, err)
+			}
+			lastErr = err
+			continue
+		}
+		switch {
+		case !e.held():
+			return nil // deleted (by an earlier attempt of ours) or expired
+		case e.holder != l.Holder:
+			return fmt.Errorf("release %s: %w: %s", l.Key, ErrLeaseLost, e)
+		case e.rev > rev:
+			rev = e.rev // a renewal of ours landed after all
+			lastErr = nil
+		}
+	}
+}
+
+// Holder returns who holds key and at which revision, read from the
+// stream leader (a KV Get is a Direct Get that any replica may answer
+// stale). It returns ErrNoLease if the key is absent, released or expired.
+//
+// A read is only an observation: it may be outdated by the time it
+// returns. Ownership is decided by CAS results (Acquire, Renew), never by
+// Holder.
+func (ls *Leases) Holder(ctx context.Context, key string) (holder string, rev uint64, err error) {
+	if !validKey(key) {
+		return "", 0, fmt.Errorf("%w: key %q", ErrInvalidArgument, key)
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	for {
+		e, err := ls.read(ctx, key, time.Time{})
+		if err == nil {
+			if !e.held() {
+				return "", e.rev, fmt.Errorf("holder %s: %w", key, ErrNoLease)
+			}
+			return e.holder, e.rev, nil
+		}
+		if ferr := final(ctx, err); ferr != nil {
+			return "", 0, fmt.Errorf("holder %s: %w", key, ferr)
+		}
+		if perr := pause(ctx, time.Time{}); perr != nil {
+			return "", 0, fmt.Errorf("holder %s: %w (last error: %v)", key, perr, err)
+		}
+	}
+}
+
+func (ls *Leases) lease(key, holder string, meta []byte, rev uint64, sent time.Time) Lease {
+	return Lease{Key: key, Holder: holder, Meta: meta, Revision: rev, expires: sent.Add(ls.cfg.validity())}
+}
+
+// attempt runs one request bounded by the attempt timeout and by deadline
+// (if not zero).
+func (ls *Leases) attempt(ctx context.Context, deadline time.Time, f func(context.Context) (uint64, error)) (uint64, error) {
+	d := time.Now().Add(ls.cfg.attemptTimeout())
+	if !deadline.IsZero() && deadline.Before(d) {
+		d = deadline
+	}
+	ctx, cancel := context.WithDeadline(ctx, d)
+	defer cancel()
+	return f(ctx)
+}
+
+// cas writes value to key if the key's last revision is rev (0: absent),
+// with the lease TTL. This is the renewal KeyValue.Update cannot do.
+func (ls *Leases) cas(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	m := nats.NewMsg(ls.subjPrefix + key)
+	m.Data = value
+	m.Header.Set(natsjs.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	m.Header.Set(natsjs.MsgTTLHeader, strconv.FormatInt(int64(ls.cfg.TTL/time.Second), 10))
+	pa, err := ls.js.PublishMsg(ctx, m)
+	if err != nil {
+		return 0, err
+	}
+	return pa.Sequence, nil
+}
+
+// entry is what a leader-only read found for a key.
+type entry struct {
+	rev    uint64 // 0 if absent
+	op     entryOp
+	holder string
+	meta   []byte
+}
+
+type entryOp uint8
+
+const (
+	opAbsent entryOp = iota
+	opPut
+	opDeleted
+	opExpired
+)
+
+func (e entry) held() bool { return e.op == opPut }
+
+func (e entry) String() string {
+	switch e.op {
+	case opPut:
+		return fmt.Sprintf("held by %q at revision %d", e.holder, e.rev)
+	case opDeleted:
+		return fmt.Sprintf("released at revision %d", e.rev)
+	case opExpired:
+		return fmt.Sprintf("expired at revision %d", e.rev)
+	}
+	return "absent"
+}
+
+// read gets the last message of key from the stream leader with
+// $JS.API.STREAM.MSG.GET, which only the leader answers, unlike the Direct
+// Get behind KeyValue.Get. One attempt, bounded like attempt.
+func (ls *Leases) read(ctx context.Context, key string, deadline time.Time) (entry, error) {
+	var e entry
+	_, err := ls.attempt(ctx, deadline, func(ctx context.Context) (uint64, error) {
+		var err error
+		e, err = ls.readOnce(ctx, key)
+		return 0, err
+	})
+	return e, err
+}
+
+func (ls *Leases) readOnce(ctx context.Context, key string) (entry, error) {
+	req, err := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{ls.subjPrefix + key})
+	if err != nil {
+		return entry{}, err
+	}
+	msg, err := ls.nc.RequestWithContext(ctx, ls.getSubj, req)
+	if err != nil {
+		return entry{}, err
+	}
+	var resp struct {
+		Error   *natsjs.APIError `json:"error"`
+		Message *struct {
+			Seq     uint64 `json:"seq"`
+			Headers []byte `json:"hdrs"`
+			Data    []byte `json:"data"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return entry{}, fmt.Errorf("decode message get reply: %w", err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrorCode == natsjs.JSErrCodeMessageNotFound {
+			return entry{op: opAbsent}, nil
+		}
+		return entry{}, resp.Error
+	}
+	if resp.Message == nil {
+		return entry{}, errors.New("message get reply without message")
+	}
+	e := entry{rev: resp.Message.Seq, op: opPut}
+	if len(resp.Message.Headers) > 0 {
+		h, err := nats.DecodeHeadersMsg(resp.Message.Headers)
+		if err != nil {
+			return entry{}, fmt.Errorf("decode headers: %w", err)
+		}
+		e.op = headerOp(h)
+	}
+	if e.op == opPut {
+		e.holder, e.meta = decodeValue(resp.Message.Data)
+	}
+	return e, nil
+}
+
+// headerOp classifies a KV message the way nats.go's KV does: KV-Operation
+// for deletes and purges, Nats-Marker-Reason for server-written markers.
+func headerOp(h nats.Header) entryOp {
+	switch h.Get("KV-Operation") {
+	case "DEL":
+		return opDeleted
+	case "PURGE":
+		return opExpired
+	}
+	switch h.Get(natsjs.MarkerReasonHeader) {
+	case "MaxAge", "Purge":
+		return opExpired
+	case "Remove":
+		return opDeleted
+	}
+	return opPut
+}
+
+// final returns nil if err leaves the operation worth retrying: a CAS
+// conflict (to be disambiguated by a read) or an unknown or transient
+// outcome (timeout, no responders, cluster temporarily unavailable). It
+// returns the error to give up with otherwise: the caller's context is
+// done, the connection is closed, or the server refused the request.
+func final(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if conflict(err) {
+		return nil
+	}
+	if errors.Is(err, nats.ErrConnectionClosed) {
+		return err
+	}
+	var apiErr *natsjs.APIError
+	if errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500 {
+		return err
+	}
+	return nil
+}
+
+// conflict reports a failed expected-revision check. Single-replica
+// streams report it as 10071, replicated ones as 10164.
+func conflict(err error) bool {
+	if errors.Is(err, natsjs.ErrKeyExists) {
+		return true
+	}
+	var apiErr *natsjs.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// pause waits retryPause, less if deadline (if not zero) comes first, and
+// returns the context's error if it is done.
+func pause(ctx context.Context, deadline time.Time) error {
+	d := retryPause
+	if !deadline.IsZero() {
+		d = min(d, time.Until(deadline))
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, defaultTimeout)
+}
+
+// A lease's value is the holder id, then, if there is metadata, a newline
+// and the metadata: readable with `nats kv get` and cheap to parse.
+func encodeValue(holder string, meta []byte) []byte {
+	if len(meta) == 0 {
+		return []byte(holder)
+	}
+	v := make([]byte, 0, len(holder)+1+len(meta))
+	v = append(v, holder...)
+	v = append(v, '\n')
+	return append(v, meta...)
+}
+
+func decodeValue(v []byte) (holder string, meta []byte) {
+	if i := bytes.IndexByte(v, '\n'); i >= 0 {
+		return string(v[:i]), v[i+1:]
+	}
+	return string(v), nil
+}
+
+func checkKeyHolder(key, holder string) error {
+	if !validKey(key) {
+		return fmt.Errorf("%w: key %q: want [-/_=.a-zA-Z0-9]+ without leading, trailing or double dots", ErrInvalidArgument, key)
+	}
+	if holder == "" || bytes.IndexByte([]byte(holder), '\n') >= 0 {
+		return fmt.Errorf("%w: holder %q: want non-empty, no newline", ErrInvalidArgument, holder)
+	}
+	return nil
+}
+
+// validKey mirrors nats.go's KV key rule; wildcards are not keys.
+func validKey(key string) bool {
+	if key == "" || key[0] == '.' || key[len(key)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		switch {
+		case c == '.' && key[i-1] == '.':
+			return false
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9',
+			c == '-', c == '/', c == '_', c == '=', c == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func validBucket(b string) bool {
+	if b == "" {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
