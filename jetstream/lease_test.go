@@ -3,9 +3,11 @@ package jetstream
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 )
@@ -401,5 +403,39 @@ func TestOwnLandedWriteIsAdopted(t *testing.T) {
 	}
 	if _, _, err := ls.Holder(ctx, "release"); !errors.Is(err, ErrNoLease) {
 		t.Fatalf("Holder after Release = %v, want ErrNoLease", err)
+	}
+}
+
+// Holder (and every read that decides what to do next) must be a
+// leader-only $JS.API.STREAM.MSG.GET, never the Direct Get behind
+// KeyValue.Get, which any replica may answer stale. A spy connection sees
+// which API subject the read goes to.
+func TestHolderUsesLeaderOnlyRead(t *testing.T) {
+	ctx := testCtx(t)
+	s := natstest.StartServer(t)
+	ls := openLeases(t, natstest.Connect(t, s), LeaseConfig{Bucket: "spy", TTL: 10 * time.Second})
+	spy := natstest.Connect(t, s)
+	var leaderGets, directGets atomic.Int32
+	if _, err := spy.Subscribe("$JS.API.STREAM.MSG.GET.KV_spy", func(*nats.Msg) { leaderGets.Add(1) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := spy.Subscribe("$JS.API.DIRECT.GET.KV_spy.>", func(*nats.Msg) { directGets.Add(1) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := spy.Subscribe("$JS.API.DIRECT.GET.KV_spy", func(*nats.Msg) { directGets.Add(1) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ls.Acquire(ctx, "k", "A"); err != nil {
+		t.Fatal(err)
+	}
+	if h, _, err := ls.Holder(ctx, "k"); h != "A" || err != nil {
+		t.Fatalf("Holder = %q, %v; want A", h, err)
+	}
+	natstest.WaitFor(t, 5*time.Second, func() bool { return leaderGets.Load() >= 1 }, "Holder sends a leader-only message get")
+	if n := directGets.Load(); n != 0 {
+		t.Fatalf("%d Direct Gets seen, want 0", n)
 	}
 }
