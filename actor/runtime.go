@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -281,6 +283,17 @@ func (rt *Runtime) Register(b *Behavior) error {
 		}
 	}
 	return nil
+}
+
+// Entities returns the registered entity types, sorted by name.
+func (rt *Runtime) Entities() []*Entity {
+	m := *rt.byName.Load()
+	out := make([]*Entity, 0, len(m))
+	for _, ts := range m {
+		out = append(out, ts.b.entity)
+	}
+	slices.SortFunc(out, func(a, b *Entity) int { return strings.Compare(a.name, b.name) })
+	return out
 }
 
 // Entity returns the registered entity type with this name, or nil.

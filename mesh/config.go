@@ -43,8 +43,49 @@ type Config struct {
 	// for this long while the runner waited for one (the caller is gone).
 	StreamAckTimeout time.Duration
 
+	// Standalone makes a runner serve every shard itself, with no shard
+	// manager, leases or registry: one runner only (tests, examples).
+	Standalone bool
+	// RunnerID names this runner in the registry and in leases; it must be
+	// unique per process incarnation. Empty: generated.
+	RunnerID string
+	// RunnerWeight is this runner's share of shards (runnerShardWeight).
+	RunnerWeight int
+	// StorageReplicas is the replication of the KV buckets and streams the
+	// mesh creates: 1 on a single NATS server, 3 on a cluster.
+	StorageReplicas int
+	// ShardLockExpiration is the lease TTL of shards, singletons' shards, the
+	// shard manager's leadership and runner registrations (whole seconds).
+	ShardLockExpiration time.Duration
+	// ShardLockRefreshInterval is how often leases and registrations are
+	// renewed; several must fit in ShardLockExpiration.
+	ShardLockRefreshInterval time.Duration
+	// ShardLockMargin is how long before a lease could expire on the server
+	// its holder stops serving: it must cover the time to stop a shard.
+	ShardLockMargin time.Duration
+	// RefreshAssignmentsInterval is how often runners re-read assignments
+	// and retry leases, and the shard manager recomputes, besides reacting
+	// to KV watch events at once.
+	RefreshAssignmentsInterval time.Duration
+	// RunnerHealthCheckTimeout bounds the ping that confirms a runner whose
+	// registration expired is really gone before its shards move.
+	RunnerHealthCheckTimeout time.Duration
+
 	// Logger receives the mesh's structured logs; nil discards them.
 	Logger *slog.Logger
+}
+
+// FastFailover returns c with coordination timings tuned for failover in
+// about 2 s (2 s leases renewed every 500 ms, 500 ms margin): more KV writes
+// (each runner renews every shard lease twice a second) and less tolerance
+// of NATS hiccups than the defaults.
+func (c Config) FastFailover() Config {
+	c.ShardLockExpiration = 2 * time.Second
+	c.ShardLockRefreshInterval = 500 * time.Millisecond
+	c.ShardLockMargin = 500 * time.Millisecond
+	c.RefreshAssignmentsInterval = 500 * time.Millisecond
+	c.RunnerHealthCheckTimeout = 250 * time.Millisecond
+	return c
 }
 
 // DefaultConfig returns the defaults of DESIGN.md.
@@ -62,6 +103,14 @@ func DefaultConfig() Config {
 		Codec:                    CodecMsgpack,
 		ExposeDefectStacks:       true,
 		StreamAckTimeout:         30 * time.Second,
+
+		RunnerWeight:               1,
+		StorageReplicas:            1,
+		ShardLockExpiration:        35 * time.Second,
+		ShardLockRefreshInterval:   10 * time.Second,
+		ShardLockMargin:            time.Second,
+		RefreshAssignmentsInterval: 3 * time.Second,
+		RunnerHealthCheckTimeout:   time.Second,
 	}
 }
 
@@ -89,6 +138,22 @@ func (c *Config) Validate() error {
 		return bad("RetryBackoff", c.RetryBackoff, "want 0 < RetryBackoff <= RetryBackoffMax")
 	case c.StreamAckTimeout <= 0:
 		return bad("StreamAckTimeout", c.StreamAckTimeout, "must be positive")
+	case c.RunnerID != "" && !validKey(c.RunnerID):
+		return bad("RunnerID", c.RunnerID, "want [A-Za-z0-9_-]{1,64}")
+	case c.RunnerWeight < 1:
+		return bad("RunnerWeight", c.RunnerWeight, "must be at least 1")
+	case c.StorageReplicas < 1 || c.StorageReplicas > 5:
+		return bad("StorageReplicas", c.StorageReplicas, "want 1 to 5")
+	case c.ShardLockExpiration < time.Second || c.ShardLockExpiration%time.Second != 0:
+		return bad("ShardLockExpiration", c.ShardLockExpiration, "want whole seconds, at least 1s (NATS per-key TTLs are whole seconds)")
+	case c.ShardLockMargin <= 0 || c.ShardLockMargin >= c.ShardLockExpiration:
+		return bad("ShardLockMargin", c.ShardLockMargin, "want 0 < margin < ShardLockExpiration")
+	case c.ShardLockRefreshInterval <= 0 || 2*c.ShardLockRefreshInterval > c.ShardLockExpiration-c.ShardLockMargin:
+		return bad("ShardLockRefreshInterval", c.ShardLockRefreshInterval, "want at least two renewals within ShardLockExpiration - ShardLockMargin")
+	case c.RefreshAssignmentsInterval <= 0:
+		return bad("RefreshAssignmentsInterval", c.RefreshAssignmentsInterval, "must be positive")
+	case c.RunnerHealthCheckTimeout <= 0:
+		return bad("RunnerHealthCheckTimeout", c.RunnerHealthCheckTimeout, "must be positive")
 	}
 	if _, err := CodecByName(c.Codec); err != nil || c.Codec == "" {
 		return bad("Codec", c.Codec, "want msgpack or json")
@@ -115,6 +180,8 @@ func (c *Config) groupOf(entityType string) string {
 	}
 	return c.ShardGroups[0]
 }
+
+func validKey(s string) bool { return validToken(s) }
 
 func validToken(s string) bool {
 	if len(s) == 0 || len(s) > 64 {

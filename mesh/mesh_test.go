@@ -120,6 +120,7 @@ func testConfig() mesh.Config {
 	cfg := mesh.DefaultConfig()
 	cfg.ShardsPerGroup = 16
 	cfg.CallTimeout = 5 * time.Second
+	cfg.Standalone = true
 	return cfg
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/natsmesh/natsmesh/actor"
 )
@@ -21,6 +22,7 @@ import (
 type Runner struct {
 	nc     *nats.Conn
 	cfg    Config
+	id     string
 	subj   subjects
 	rt     *actor.Runtime
 	log    *slog.Logger
@@ -31,14 +33,18 @@ type Runner struct {
 	// the messages to entity mailboxes (which never blocks). That keeps each
 	// shard's order and costs one goroutine instead of one per shard.
 	inbox        chan *nats.Msg
+	barriers     sync.Map // *nats.Msg marker -> chan struct{}
 	stopDispatch chan struct{}
 	dispatchDone chan struct{}
 
-	mu       sync.Mutex
-	shards   map[ShardID]*nats.Subscription
-	routeSub *nats.Subscription
-	started  bool
-	closed   bool
+	mu         sync.Mutex
+	shards     map[ShardID]*nats.Subscription
+	routeSub   *nats.Subscription
+	pingSub    *nats.Subscription
+	singletons map[string]*singleton
+	coord      *coordinator // nil when standalone
+	started    bool
+	closed     bool
 }
 
 // NewRunner returns a runner on nc that serves no shard yet. Register
@@ -56,6 +62,8 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 		groups: map[string]int{},
 		shards: map[ShardID]*nats.Subscription{},
 
+		singletons: map[string]*singleton{},
+
 		inbox:        make(chan *nats.Msg, inboxSize),
 		stopDispatch: make(chan struct{}),
 		dispatchDone: make(chan struct{}),
@@ -63,6 +71,11 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
+	r.id = cfg.RunnerID
+	if r.id == "" {
+		r.id = "runner-" + nuid.Next()
+	}
+	r.log = r.log.With("runner", r.id)
 	for i, g := range cfg.ShardGroups {
 		r.groups[g] = i
 	}
@@ -97,6 +110,12 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 	return r, nil
 }
 
+// ID returns the runner's id (Config.RunnerID or a generated one).
+func (r *Runner) ID() string { return r.id }
+
+// Client returns a client that shares the runner's connection and config.
+func (r *Runner) Client() *Client { return r.client }
+
 // Runtime returns the runner's actor runtime.
 func (r *Runner) Runtime() *actor.Runtime { return r.rt }
 
@@ -105,9 +124,11 @@ func (r *Runner) Register(b *actor.Behavior) error {
 	return r.rt.Register(b)
 }
 
-// Start serves every shard of every group: the standalone mode, where this
-// runner is the only one. It also takes calls on the route subjects (no
-// client-side hashing).
+// Start joins the cluster: the runner registers itself, then serves the
+// shards the shard manager assigns it once it holds their leases (see
+// docs/operations.md). With Config.Standalone it serves every shard at once
+// instead, with no coordination. Either way it also takes calls on the route
+// subjects (no client-side hashing) and answers health pings.
 func (r *Runner) Start(ctx context.Context) error {
 	r.mu.Lock()
 	if r.closed {
@@ -126,10 +147,26 @@ func (r *Runner) Start(ctx context.Context) error {
 		return fmt.Errorf("subscribe route: %w", err)
 	}
 	r.routeSub = sub
+	r.pingSub, err = r.nc.Subscribe(pingSubject(r.cfg.Prefix, r.id), func(m *nats.Msg) { _ = m.Respond([]byte(r.id)) })
+	if err != nil {
+		r.mu.Unlock()
+		return fmt.Errorf("subscribe ping: %w", err)
+	}
 	r.mu.Unlock()
+	if !r.cfg.Standalone {
+		coord, err := newCoordinator(ctx, r)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.coord = coord
+		r.mu.Unlock()
+		coord.start()
+		return r.flush(ctx)
+	}
 	for _, g := range r.cfg.ShardGroups {
 		for n := range r.cfg.ShardsPerGroup {
-			if err := r.ServeShard(ShardID{Group: g, N: n}); err != nil {
+			if err := r.serveShard(ShardID{Group: g, N: n}); err != nil {
 				return err
 			}
 		}
@@ -150,9 +187,9 @@ func (r *Runner) flush(ctx context.Context) error {
 
 func (r *Runner) partition(s ShardID) int { return r.groups[s.Group]*r.cfg.ShardsPerGroup + s.N }
 
-// ServeShard starts serving shard s: its entities may activate here and its
+// serveShard starts serving shard s: its entities may activate here and its
 // subject is subscribed. The caller must own the shard.
-func (r *Runner) ServeShard(s ShardID) error {
+func (r *Runner) serveShard(s ShardID) error {
 	if _, ok := r.groups[s.Group]; !ok || s.N < 0 || s.N >= r.cfg.ShardsPerGroup {
 		return fmt.Errorf("%w: no shard %s", ErrInvalidOption, s)
 	}
@@ -173,14 +210,17 @@ func (r *Runner) ServeShard(s ShardID) error {
 		return fmt.Errorf("subscribe shard %s: %w", s, err)
 	}
 	r.shards[s] = sub
+	for _, sg := range r.singletonsOf(s) {
+		sg.start(r)
+	}
 	return nil
 }
 
-// StopShard stops serving shard s. Graceful (abort nil): no new calls are
+// stopShard stops serving shard s. Graceful (abort nil): no new calls are
 // taken, calls already received are handled, then the shard's entities are
 // passivated. Fencing (abort non-nil): queued calls fail with abort at once.
 // It returns when the shard's entities have stopped or ctx ends.
-func (r *Runner) StopShard(ctx context.Context, s ShardID, abort error) error {
+func (r *Runner) stopShard(ctx context.Context, s ShardID, abort error) error {
 	r.mu.Lock()
 	sub, ok := r.shards[s]
 	delete(r.shards, s)
@@ -188,12 +228,44 @@ func (r *Runner) StopShard(ctx context.Context, s ShardID, abort error) error {
 	if !ok {
 		return nil
 	}
-	// Unsubscribe first: after it, no callback for this shard runs, so no
-	// new message can reach the partition we close next.
-	if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		r.log.Warn("unsubscribe shard", "shard", s.String(), "err", err)
+	for _, sg := range r.singletonsOf(s) {
+		sg.stop(r.cfg.EntityTerminationTimeout)
+	}
+	// Drain, not Unsubscribe: a call the server routed here just before the
+	// unsubscription must still reach the dispatcher (and get an answer, if
+	// only NotServing) instead of being dropped by the client library, which
+	// would leave its caller waiting for the timeout.
+	if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		r.log.Warn("drain shard subscription", "shard", s.String(), "err", err)
+	}
+	if abort == nil {
+		// Graceful: once the server has processed the unsubscription (flush)
+		// and the dispatcher has handed over everything received before it
+		// (barrier), every call that reached us is in a mailbox, where the
+		// partition's closing lets it finish.
+		if err := r.flush(ctx); err == nil {
+			r.barrier(ctx)
+		}
 	}
 	return r.rt.ClosePartition(ctx, r.partition(s), abort)
+}
+
+// barrier returns once the dispatcher has handled every message queued
+// before the call (or ctx ends).
+func (r *Runner) barrier(ctx context.Context) {
+	m := &nats.Msg{} // no subject: a marker, never a call
+	done := make(chan struct{})
+	r.barriers.Store(m, done)
+	select {
+	case r.inbox <- m:
+	case <-ctx.Done():
+		r.barriers.Delete(m)
+		return
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // Shards returns the shards this runner serves.
@@ -207,23 +279,43 @@ func (r *Runner) Shards() []ShardID {
 	return out
 }
 
-// Shutdown stops taking calls, lets every mailbox drain, runs finalizers, and
-// returns when done or when ctx ends. It is idempotent. It does not close the
-// NATS connection.
+// Shutdown leaves the cluster gracefully: it hands every shard off (no new
+// calls; queued calls handled; entities passivated; singletons stopped;
+// leases released so other runners take over at once), deregisters, and
+// returns when done or when ctx ends. It is idempotent. It does not close
+// the NATS connection.
 func (r *Runner) Shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	coord := r.coord
+	r.mu.Unlock()
+	if coord != nil {
+		coord.shutdown(ctx)
+	}
 	r.mu.Lock()
 	first := !r.closed
 	r.closed = true
+	if r.pingSub != nil {
+		subsPing := r.pingSub
+		r.pingSub = nil
+		defer func() { _ = subsPing.Unsubscribe() }()
+	}
 	subs := make([]*nats.Subscription, 0, len(r.shards)+1)
 	if r.routeSub != nil {
 		subs = append(subs, r.routeSub)
 		r.routeSub = nil
 	}
+	var served []ShardID
 	for s, sub := range r.shards {
 		subs = append(subs, sub)
+		served = append(served, s)
 		delete(r.shards, s)
 	}
 	r.mu.Unlock()
+	for _, s := range served {
+		for _, sg := range r.singletonsOf(s) {
+			sg.stop(r.cfg.EntityTerminationTimeout)
+		}
+	}
 	if first {
 		for _, sub := range subs {
 			_ = sub.Unsubscribe()
@@ -273,6 +365,12 @@ func (r *Runner) dispatch() {
 
 // onCall handles a message on a shard subject.
 func (r *Runner) onCall(m *nats.Msg) {
+	if m.Subject == "" {
+		if done, ok := r.barriers.LoadAndDelete(m); ok {
+			close(done.(chan struct{}))
+		}
+		return
+	}
 	shard, entityType, rpc, ok := r.subj.parseCall(m.Subject)
 	if !ok {
 		r.refuse(m, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))

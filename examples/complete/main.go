@@ -57,7 +57,9 @@ func main() {
 	defer nc.Close()
 
 	ctx := context.Background()
-	runner, err := mesh.NewRunner(nc, mesh.DefaultConfig())
+	cfg := mesh.DefaultConfig()
+	cfg.Standalone = true // one runner: no shard manager needed
+	runner, err := mesh.NewRunner(nc, cfg)
 	if err != nil {
 		log.Fatal(err)
 	}

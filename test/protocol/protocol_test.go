@@ -215,7 +215,9 @@ func startRunner(t *testing.T, url string) {
 		t.Fatalf("connect: %v", err)
 	}
 	t.Cleanup(nc.Close)
-	r, err := mesh.NewRunner(nc, mesh.DefaultConfig())
+	cfg := mesh.DefaultConfig()
+	cfg.Standalone = true
+	r, err := mesh.NewRunner(nc, cfg)
 	if err != nil {
 		t.Fatalf("NewRunner: %v", err)
 	}

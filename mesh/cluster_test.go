@@ -1,0 +1,328 @@
+package mesh_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/mesh"
+)
+
+func clusterConfig() mesh.Config {
+	cfg := mesh.DefaultConfig().FastFailover()
+	cfg.ShardsPerGroup = 24
+	cfg.CallTimeout = 20 * time.Second
+	cfg.EntityTerminationTimeout = 5 * time.Second
+	return cfg
+}
+
+// activations records which runner has each address active and fails on
+// any overlap: the single-activation invariant.
+type activations struct {
+	mu         sync.Mutex
+	active     map[actor.Address]string
+	count      int
+	violations []string
+}
+
+func newActivations() *activations { return &activations{active: map[actor.Address]string{}} }
+
+type runnerObserver struct {
+	a      *activations
+	runner string
+}
+
+func (o runnerObserver) Activated(addr actor.Address) {
+	o.a.mu.Lock()
+	defer o.a.mu.Unlock()
+	if other, ok := o.a.active[addr]; ok {
+		o.a.violations = append(o.a.violations, fmt.Sprintf("%s activated on %s while active on %s", addr, o.runner, other))
+	}
+	o.a.active[addr] = o.runner
+	o.a.count++
+}
+
+func (o runnerObserver) Deactivated(addr actor.Address, _ actor.StopReason) {
+	o.a.mu.Lock()
+	defer o.a.mu.Unlock()
+	if o.a.active[addr] == o.runner {
+		delete(o.a.active, addr)
+	}
+}
+
+func (a *activations) check(t testing.TB) {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.violations) > 0 {
+		t.Fatalf("single activation violated %d times, first: %s", len(a.violations), a.violations[0])
+	}
+}
+
+type testCluster struct {
+	t   testing.TB
+	url string
+	cfg mesh.Config
+	obs *activations
+
+	mu      sync.Mutex
+	runners map[string]*mesh.Runner
+}
+
+func newTestCluster(t testing.TB, cfg mesh.Config) *testCluster {
+	s := natstest.StartServer(t)
+	return &testCluster{t: t, url: s.ClientURL(), cfg: cfg, obs: newActivations(), runners: map[string]*mesh.Runner{}}
+}
+
+// manager starts a shard manager; cancel stops it.
+func (c *testCluster) manager() (*mesh.ShardManager, context.CancelFunc) {
+	c.t.Helper()
+	nc, err := nats.Connect(c.url)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	m, err := mesh.NewShardManager(nc, c.cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := m.Run(ctx); err != nil {
+			c.t.Errorf("manager: %v", err)
+		}
+	}()
+	stop := func() { cancel(); <-done; nc.Close() }
+	c.t.Cleanup(stop)
+	return m, sync.OnceFunc(stop)
+}
+
+// runner starts a runner with the given id and weight.
+func (c *testCluster) runner(id string, weight int, singletons map[string]func(context.Context) error) *mesh.Runner {
+	c.t.Helper()
+	nc, err := nats.Connect(c.url)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cfg := c.cfg
+	cfg.RunnerID, cfg.RunnerWeight = id, weight
+	if testing.Verbose() {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	r, err := mesh.NewRunner(nc, cfg, actor.WithObserver(runnerObserver{c.obs, id}))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := r.Register(counterBehavior(newHooks())); err != nil {
+		c.t.Fatal(err)
+	}
+	for name, fn := range singletons {
+		if err := r.RegisterSingleton(name, fn); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	if err := r.Start(context.Background()); err != nil {
+		c.t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.runners[id] = r
+	c.mu.Unlock()
+	c.t.Cleanup(func() { c.stop(id); nc.Close() })
+	return r
+}
+
+// stop shuts a runner down gracefully.
+func (c *testCluster) stop(id string) {
+	c.mu.Lock()
+	r := c.runners[id]
+	delete(c.runners, id)
+	c.mu.Unlock()
+	if r == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := r.Shutdown(ctx); err != nil {
+		c.t.Errorf("shutdown %s: %v", id, err)
+	}
+}
+
+// waitBalanced waits until the runners serve want[id] shards each, all
+// shards in all.
+func (c *testCluster) waitBalanced(want map[string]int) {
+	c.t.Helper()
+	natstest.WaitFor(c.t, 30*time.Second, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if len(c.runners) != len(want) {
+			return false
+		}
+		for id, r := range c.runners {
+			if len(r.Shards()) != want[id] {
+				return false
+			}
+		}
+		return true
+	}, fmt.Sprintf("shards served as %v", want))
+}
+
+func TestClusterBalanceByWeight(t *testing.T) {
+	c := newTestCluster(t, clusterConfig())
+	c.manager()
+	c.runner("r1", 1, nil)
+	c.runner("r2", 1, nil)
+	c.runner("r3", 2, nil)
+	c.waitBalanced(map[string]int{"r1": 6, "r2": 6, "r3": 12})
+
+	client, _ := newClient(t, c.url, c.cfg)
+	for i := range 100 {
+		id := fmt.Sprint("acct-", i)
+		if v, err := mesh.Call(context.Background(), client, Increment, id, Amount{i}); err != nil || v != i {
+			t.Fatalf("Increment(%s) = %d, %v", id, v, err)
+		}
+	}
+	c.obs.check(t)
+}
+
+// Under steady load, a runner joins and another leaves: no call fails, no
+// address is ever active on two runners, and counters hold every
+// acknowledged increment.
+func TestClusterHandoffUnderLoad(t *testing.T) {
+	c := newTestCluster(t, clusterConfig())
+	c.manager()
+	c.runner("r1", 1, nil)
+	c.runner("r2", 1, nil)
+	c.waitBalanced(map[string]int{"r1": 12, "r2": 12})
+
+	client, _ := newClient(t, c.url, c.cfg)
+	const entities = 60
+	var acked [entities]atomic.Int64
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; ; i += 4 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				e := i % entities
+				start := time.Now()
+				if _, err := mesh.Call(context.Background(), client, Increment, fmt.Sprint("e-", e), Amount{1}); err != nil {
+					t.Logf("call e-%d (shard %v) started %s failed: %v", e, client.Shard("Counter", fmt.Sprint("e-", e)), start.Format("15:04:05.000"), err)
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				acked[e].Add(1)
+			}
+		})
+	}
+	progress := func() int64 {
+		var n int64
+		for i := range acked {
+			n += acked[i].Load()
+		}
+		return n
+	}
+	waitProgress := func(what string) {
+		base := progress()
+		natstest.WaitFor(t, 20*time.Second, func() bool { return progress() > base+200 }, what)
+	}
+	waitProgress("load before scale-out")
+	c.runner("r3", 1, nil)
+	c.waitBalanced(map[string]int{"r1": 8, "r2": 8, "r3": 8})
+	waitProgress("load after scale-out")
+	c.stop("r1")
+	c.waitBalanced(map[string]int{"r2": 12, "r3": 12})
+	waitProgress("load after scale-in")
+	close(stop)
+	wg.Wait()
+
+	if n := failed.Load(); n != 0 {
+		t.Fatalf("%d calls failed during hand-offs; first: %v", n, firstErr.Load())
+	}
+	c.obs.check(t)
+	for e := range entities {
+		v, err := mesh.Call(context.Background(), client, GetValue, fmt.Sprint("e-", e), actor.Empty{})
+		// Entities moved and were re-created with fresh state: a counter
+		// holds the increments since its last activation, never more.
+		if err != nil || int64(v) > acked[e].Load() {
+			t.Fatalf("e-%d = %d, %v; acknowledged %d", e, v, err, acked[e].Load())
+		}
+	}
+}
+
+// When the leading shard manager stops, another takes over and keeps
+// assigning.
+func TestClusterManagerFailover(t *testing.T) {
+	c := newTestCluster(t, clusterConfig())
+	m1, stop1 := c.manager()
+	natstest.WaitFor(t, 10*time.Second, m1.IsLeader, "first manager leads")
+	m2, _ := c.manager()
+	c.runner("r1", 1, nil)
+	c.waitBalanced(map[string]int{"r1": 24})
+	if m2.IsLeader() {
+		t.Fatal("two leaders")
+	}
+	stop1()
+	natstest.WaitFor(t, 10*time.Second, m2.IsLeader, "second manager takes over")
+	c.runner("r2", 1, nil)
+	c.waitBalanced(map[string]int{"r1": 12, "r2": 12})
+}
+
+// A singleton runs on exactly one runner and moves when that runner leaves.
+func TestClusterSingleton(t *testing.T) {
+	c := newTestCluster(t, clusterConfig())
+	var mu sync.Mutex
+	running := map[string]bool{}
+	var overlap atomic.Bool
+	starts := make(chan string, 16)
+	singleton := func(runner string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			mu.Lock()
+			if len(running) > 0 {
+				overlap.Store(true)
+			}
+			running[runner] = true
+			mu.Unlock()
+			starts <- runner
+			<-ctx.Done()
+			mu.Lock()
+			delete(running, runner)
+			mu.Unlock()
+			return nil
+		}
+	}
+	c.manager()
+	c.runner("r1", 1, map[string]func(context.Context) error{"coordinator": singleton("r1")})
+	c.runner("r2", 1, map[string]func(context.Context) error{"coordinator": singleton("r2")})
+	c.waitBalanced(map[string]int{"r1": 12, "r2": 12})
+	host := <-starts
+	c.stop(host)
+	other := map[string]string{"r1": "r2", "r2": "r1"}[host]
+	select {
+	case got := <-starts:
+		if got != other {
+			t.Fatalf("singleton restarted on %s, want %s", got, other)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("singleton not restarted after its runner left")
+	}
+	if overlap.Load() {
+		t.Fatal("two instances of the singleton ran at once")
+	}
+}

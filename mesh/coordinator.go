@@ -1,0 +1,368 @@
+package mesh
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/jetstream"
+)
+
+// Version is reported in runner registrations.
+const Version = "0.1.0"
+
+func pingSubject(prefix, runnerID string) string {
+	return prefix + "." + ProtocolVersion + ".runner." + runnerID + ".ping"
+}
+
+// coordinator is a runner's part of the cluster protocol. It keeps the
+// runner registered, serves exactly the shards that are both assigned to it
+// and whose lease it holds, hands shards off gracefully when the assignment
+// moves them, and fences a shard the moment its lease is lost.
+type coordinator struct {
+	r   *Runner
+	st  *stores
+	reg *jetstream.Keeper // registration; replaced when lost
+
+	stop     chan struct{} // closed by shutdown
+	done     chan struct{} // closed when loop returns
+	wake     chan struct{}
+	stopOnce sync.Once
+
+	mu       sync.Mutex
+	desired  map[ShardID]bool
+	owned    map[ShardID]*heldShard
+	handoffs sync.WaitGroup
+}
+
+type heldShard struct {
+	keeper  *jetstream.Keeper
+	leaving bool
+}
+
+func newCoordinator(ctx context.Context, r *Runner) (*coordinator, error) {
+	st, err := openStores(ctx, r.nc, r.cfg)
+	if err != nil {
+		return nil, err
+	}
+	c := &coordinator{
+		r: r, st: st,
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		wake:    make(chan struct{}, 1),
+		desired: map[ShardID]bool{},
+		owned:   map[ShardID]*heldShard{},
+	}
+	if err := c.register(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// register writes (or takes back) the runner's registration and keeps it.
+func (c *coordinator) register(ctx context.Context) error {
+	r := c.r
+	host, _ := os.Hostname()
+	info := RunnerInfo{ID: r.id, Weight: r.cfg.RunnerWeight, Version: Version, Host: host, Started: time.Now().UTC()}
+	for _, e := range r.rt.Entities() {
+		info.EntityTypes = append(info.EntityTypes, e.Name())
+	}
+	r.mu.Lock()
+	for name := range r.singletons {
+		info.Singletons = append(info.Singletons, name)
+	}
+	r.mu.Unlock()
+	slices.Sort(info.Singletons)
+	meta, _ := json.Marshal(info)
+	lease, err := c.st.runners.Acquire(ctx, r.id, r.id, jetstream.WithMeta(meta))
+	if err != nil {
+		return err
+	}
+	c.reg = c.st.runners.Keep(context.Background(), lease, r.cfg.ShardLockRefreshInterval)
+	return nil
+}
+
+func (c *coordinator) start() { go c.loop() }
+
+func (c *coordinator) poke() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *coordinator) loop() {
+	defer close(c.done)
+	log := c.r.log
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var updates <-chan natsjs.KeyValueEntry
+	var aw natsjs.KeyWatcher
+	var lw *jetstream.Watcher
+	defer func() {
+		if aw != nil {
+			_ = aw.Stop()
+		}
+		if lw != nil {
+			lw.Stop()
+		}
+	}()
+	var leaseEvents <-chan jetstream.Event
+	tick := time.NewTicker(c.r.cfg.RefreshAssignmentsInterval)
+	defer tick.Stop()
+	for {
+		// (Re)establish the watches; a failed watch is retried each tick.
+		if aw == nil {
+			if w, err := c.st.assignments.WatchAll(ctx); err == nil {
+				aw, updates = w, w.Updates()
+			} else if ctx.Err() == nil {
+				log.Warn("watch assignments", "err", err)
+			}
+		}
+		if lw == nil {
+			if w, err := c.st.leases.Watch(ctx, "shard.>"); err == nil {
+				lw, leaseEvents = w, w.Events()
+			} else if ctx.Err() == nil {
+				log.Warn("watch leases", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-updates:
+			if !ok {
+				aw, updates = nil, nil
+				continue
+			}
+			if e != nil {
+				c.onAssignment(e)
+			}
+		case ev, ok := <-leaseEvents:
+			if !ok {
+				lw, leaseEvents = nil, nil
+				continue
+			}
+			if ev.Kind != jetstream.EventReleased && ev.Kind != jetstream.EventExpired {
+				continue // only a freed lease can let us take a shard
+			}
+		case <-c.wake:
+		case <-tick.C:
+			c.keepRegistered(ctx)
+		}
+		c.reconcile(ctx)
+	}
+}
+
+// keepRegistered re-registers if the registration was lost (for example
+// after a long pause): the shard manager would otherwise move our shards.
+func (c *coordinator) keepRegistered(ctx context.Context) {
+	select {
+	case <-c.reg.Lost():
+	default:
+		return
+	}
+	c.r.log.Warn("registration lost; registering again", "err", c.reg.Err())
+	rctx, cancel := context.WithTimeout(ctx, c.r.cfg.RefreshAssignmentsInterval)
+	defer cancel()
+	if err := c.register(rctx); err != nil {
+		c.r.log.Warn("register", "err", err)
+	}
+}
+
+// onAssignment records which shards of a group are assigned to this runner.
+func (c *coordinator) onAssignment(e natsjs.KeyValueEntry) {
+	group := e.Key()
+	if _, ok := c.r.groups[group]; !ok {
+		return
+	}
+	var a Assignment
+	if e.Operation() == natsjs.KeyValuePut {
+		var err error
+		if a, err = decodeAssignment(e.Value()); err != nil {
+			c.r.log.Error("ignoring assignment", "group", group, "err", err)
+			return
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for n := range c.r.cfg.ShardsPerGroup {
+		s := ShardID{Group: group, N: n}
+		if n < len(a.Shards) && a.Shards[n] == c.r.id {
+			c.desired[s] = true
+		} else {
+			delete(c.desired, s)
+		}
+	}
+}
+
+// reconcile acquires the leases of assigned shards it does not hold yet and
+// hands off held shards that are no longer assigned.
+func (c *coordinator) reconcile(ctx context.Context) {
+	c.mu.Lock()
+	var acquire []ShardID
+	for s := range c.desired {
+		if c.owned[s] == nil {
+			acquire = append(acquire, s)
+		}
+	}
+	for s, h := range c.owned {
+		if !c.desired[s] && !h.leaving {
+			h.leaving = true
+			c.handoffs.Add(1)
+			go c.handoff(s, h)
+		}
+	}
+	c.mu.Unlock()
+	slices.SortFunc(acquire, func(a, b ShardID) int {
+		if a.Group != b.Group {
+			return compareStrings(a.Group, b.Group)
+		}
+		return a.N - b.N
+	})
+	for _, s := range acquire {
+		if ctx.Err() != nil {
+			return
+		}
+		c.acquire(ctx, s)
+	}
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (c *coordinator) acquire(ctx context.Context, s ShardID) {
+	r := c.r
+	actx, cancel := context.WithTimeout(ctx, r.cfg.RefreshAssignmentsInterval)
+	defer cancel()
+	lease, err := c.st.leases.Acquire(actx, shardKey(s), r.id)
+	if errors.Is(err, jetstream.ErrLeaseHeld) {
+		return // its owner is still handing it off, or crashed: wait for the release or expiry
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Warn("acquire shard lease", "shard", s.String(), "err", err)
+		}
+		return
+	}
+	h := &heldShard{keeper: c.st.leases.Keep(context.Background(), lease, r.cfg.ShardLockRefreshInterval)}
+	c.mu.Lock()
+	c.owned[s] = h
+	c.mu.Unlock()
+	if err := r.serveShard(s); err != nil {
+		r.log.Warn("serve shard", "shard", s.String(), "err", err)
+		c.mu.Lock()
+		delete(c.owned, s)
+		c.mu.Unlock()
+		_ = h.keeper.Release(context.Background())
+		return
+	}
+	r.log.Debug("serving shard", "shard", s.String(), "lease", lease.Revision)
+	go c.watchLoss(s, h)
+}
+
+// watchLoss fences a shard whose lease is lost: it stops serving it at once,
+// failing queued calls with NotServing so that their callers retry on the
+// new owner.
+func (c *coordinator) watchLoss(s ShardID, h *heldShard) {
+	<-h.keeper.Lost()
+	if errors.Is(h.keeper.Err(), jetstream.ErrStopped) {
+		return // released by a hand-off or shutdown
+	}
+	r := c.r
+	r.log.Warn("shard lease lost: fencing", "shard", s.String(), "err", h.keeper.Err())
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.EntityTerminationTimeout)
+	defer cancel()
+	if err := r.stopShard(ctx, s, actor.ErrNotServing); err != nil {
+		r.log.Warn("fence shard", "shard", s.String(), "err", err)
+	}
+	c.mu.Lock()
+	if c.owned[s] == h {
+		delete(c.owned, s)
+	}
+	c.mu.Unlock()
+	c.poke()
+}
+
+// handoff stops serving a shard gracefully, then releases its lease so the
+// new owner can take it at once. The lease is renewed until released.
+func (c *coordinator) handoff(s ShardID, h *heldShard) {
+	defer c.handoffs.Done()
+	r := c.r
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.EntityTerminationTimeout+r.cfg.RefreshAssignmentsInterval)
+	defer cancel()
+	start := time.Now()
+	if err := r.stopShard(ctx, s, nil); err != nil {
+		r.log.Warn("hand off shard", "shard", s.String(), "err", err)
+	}
+	if err := h.keeper.Release(ctx); err != nil && !errors.Is(err, jetstream.ErrLeaseLost) {
+		r.log.Warn("release shard lease", "shard", s.String(), "err", err)
+	}
+	c.mu.Lock()
+	if c.owned[s] == h {
+		delete(c.owned, s)
+	}
+	c.mu.Unlock()
+	r.log.Debug("handed off shard", "shard", s.String(), "took", time.Since(start))
+	c.poke()
+}
+
+// shutdown stops the loop, hands every shard off and deregisters.
+func (c *coordinator) shutdown(ctx context.Context) {
+	c.stopOnce.Do(func() { close(c.stop) })
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return
+	}
+	c.mu.Lock()
+	clear(c.desired)
+	for s, h := range c.owned {
+		if !h.leaving {
+			h.leaving = true
+			c.handoffs.Add(1)
+			go c.handoff(s, h)
+		}
+	}
+	c.mu.Unlock()
+	waited := make(chan struct{})
+	go func() { c.handoffs.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+	}
+	if err := c.reg.Release(ctx); err != nil && !errors.Is(err, jetstream.ErrLeaseLost) {
+		c.r.log.Warn("deregister", "err", err)
+	}
+}
+
+// Owned returns the shards whose lease this runner holds.
+func (c *coordinator) ownedShards() []ShardID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]ShardID, 0, len(c.owned))
+	for s := range c.owned {
+		out = append(out, s)
+	}
+	return out
+}

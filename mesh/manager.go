@@ -1,0 +1,238 @@
+package mesh
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/natsmesh/natsmesh/internal/assign"
+	"github.com/natsmesh/natsmesh/jetstream"
+)
+
+// ShardManager computes which runner should own each shard and publishes the
+// assignment in KV. Several may run: the one holding the "manager" lease
+// leads, the others wait to take over. Runners keep serving the shards they
+// hold while no manager runs.
+type ShardManager struct {
+	nc     *nats.Conn
+	cfg    Config
+	id     string
+	log    *slog.Logger
+	leader atomic.Bool
+}
+
+// NewShardManager returns a shard manager on nc; Run it. It returns an
+// error wrapping ErrInvalidOption for a bad configuration.
+func NewShardManager(nc *nats.Conn, cfg Config) (*ShardManager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m := &ShardManager{nc: nc, cfg: cfg, id: "manager-" + nuid.Next(), log: cfg.Logger}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	m.log = m.log.With("manager", m.id)
+	return m, nil
+}
+
+// ID returns the manager's id.
+func (m *ShardManager) ID() string { return m.id }
+
+// IsLeader reports whether this manager currently leads.
+func (m *ShardManager) IsLeader() bool { return m.leader.Load() }
+
+// Run campaigns for leadership and, while leading, keeps the assignment
+// balanced over the live runners. It returns nil when ctx ends (releasing
+// the leadership), or an error if the KV buckets cannot be opened.
+func (m *ShardManager) Run(ctx context.Context) error {
+	st, err := openStores(ctx, m.nc, m.cfg)
+	if err != nil {
+		return err
+	}
+	w, err := st.leases.Watch(ctx, managerKey)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	retry := time.NewTicker(m.cfg.RefreshAssignmentsInterval)
+	defer retry.Stop()
+	for {
+		actx, cancel := context.WithTimeout(ctx, m.cfg.RefreshAssignmentsInterval)
+		lease, err := st.leases.Acquire(actx, managerKey, m.id)
+		cancel()
+		switch {
+		case err == nil:
+			m.lead(ctx, st, lease)
+		case errors.Is(err, jetstream.ErrLeaseHeld):
+		case ctx.Err() == nil:
+			m.log.Warn("campaign", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.Events(): // the leader let go or expired: try at once
+		case <-retry.C:
+		}
+	}
+}
+
+// lead runs one term of leadership, until the lease is lost or ctx ends.
+func (m *ShardManager) lead(ctx context.Context, st *stores, lease jetstream.Lease) {
+	k := st.leases.Keep(ctx, lease, m.cfg.ShardLockRefreshInterval)
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), m.cfg.RefreshAssignmentsInterval)
+		defer cancel()
+		_ = k.Release(rctx)
+	}()
+	m.leader.Store(true)
+	defer m.leader.Store(false)
+	m.log.Info("leading")
+
+	rw, err := st.runners.Watch(ctx)
+	if err != nil {
+		m.log.Warn("watch runners", "err", err)
+		return
+	}
+	defer rw.Stop()
+	t := term{m: m, st: st, k: k, live: map[string]RunnerInfo{}, suspects: map[string]RunnerInfo{}, current: map[string]current{}}
+	tick := time.NewTicker(m.cfg.RefreshAssignmentsInterval)
+	defer tick.Stop()
+	synced := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-k.Lost():
+			m.log.Warn("leadership lost", "err", k.Err())
+			return
+		case ev, ok := <-rw.Events():
+			if !ok {
+				return
+			}
+			t.onRunner(ev)
+			if ev.Kind == jetstream.EventSynced {
+				synced = true
+			}
+		case <-tick.C:
+		}
+		if synced {
+			t.checkSuspects(ctx)
+			t.rebalance(ctx)
+		}
+	}
+}
+
+// term is the state of one leadership term.
+type term struct {
+	m        *ShardManager
+	st       *stores
+	k        *jetstream.Keeper
+	live     map[string]RunnerInfo // registered, or unregistered but answering pings
+	suspects map[string]RunnerInfo // registration expired: ping before dropping
+	current  map[string]current    // per group, as last read or written
+}
+
+type current struct {
+	a   Assignment
+	rev uint64
+	ok  bool
+}
+
+func (t *term) onRunner(ev jetstream.Event) {
+	switch ev.Kind {
+	case jetstream.EventHeld:
+		var info RunnerInfo
+		if err := json.Unmarshal(ev.Meta, &info); err != nil || info.ID != ev.Key {
+			t.m.log.Warn("ignoring corrupt runner registration", "key", ev.Key, "err", err)
+			return
+		}
+		t.live[ev.Key] = info
+		delete(t.suspects, ev.Key)
+	case jetstream.EventReleased: // the runner left gracefully
+		delete(t.live, ev.Key)
+		delete(t.suspects, ev.Key)
+	case jetstream.EventExpired: // silent: confirm with a ping first
+		if info, ok := t.live[ev.Key]; ok {
+			t.suspects[ev.Key] = info
+		}
+	}
+}
+
+// checkSuspects pings runners whose registration expired: one that answers
+// keeps its shards (it will register again), one that does not is dropped.
+func (t *term) checkSuspects(ctx context.Context) {
+	for id := range t.suspects {
+		_, err := t.m.nc.Request(pingSubject(t.m.cfg.Prefix, id), nil, t.m.cfg.RunnerHealthCheckTimeout)
+		if err == nil {
+			t.m.log.Warn("runner's registration expired but it answers pings; keeping its shards", "runner", id)
+			continue
+		}
+		t.m.log.Info("runner gone", "runner", id, "ping", err)
+		delete(t.live, id)
+		delete(t.suspects, id)
+	}
+}
+
+// rebalance recomputes each group's assignment and writes the ones that
+// changed, with compare-and-set so a deposed leader's write is refused.
+func (t *term) rebalance(ctx context.Context) {
+	runners := make([]assign.Runner, 0, len(t.live))
+	for id, info := range t.live {
+		runners = append(runners, assign.Runner{ID: id, Weight: info.Weight})
+	}
+	slices.SortFunc(runners, func(a, b assign.Runner) int { return compareStrings(a.ID, b.ID) })
+	for _, g := range t.m.cfg.ShardGroups {
+		if !t.k.Lease().Valid(time.Now()) {
+			return
+		}
+		cur := t.current[g]
+		if !cur.ok {
+			a, rev, err := t.st.readAssignment(ctx, g)
+			if err != nil {
+				t.m.log.Warn("read assignment", "group", g, "err", err)
+				a = Assignment{Group: g} // a corrupt value is overwritten
+			}
+			cur = current{a: a, rev: rev, ok: true}
+			t.current[g] = cur
+		}
+		next := assign.Compute(t.m.cfg.ShardsPerGroup, runners, cur.a.Shards)
+		if slices.Equal(next, cur.a.Shards) {
+			continue
+		}
+		a := Assignment{Group: g, Shards: next, Manager: t.m.id, Updated: time.Now().UTC()}
+		b, _ := json.Marshal(a)
+		var rev uint64
+		var err error
+		if cur.rev == 0 {
+			rev, err = t.st.assignments.Create(ctx, g, b)
+		} else {
+			rev, err = t.st.assignments.Update(ctx, g, b, cur.rev)
+		}
+		if err != nil {
+			// Someone else wrote (a previous leader, or our read was stale):
+			// read again next time.
+			t.m.log.Warn("write assignment", "group", g, "err", err)
+			delete(t.current, g)
+			continue
+		}
+		t.current[g] = current{a: a, rev: rev, ok: true}
+		t.m.log.Info("assignment updated", "group", g, "runners", len(runners), "moved", len(assign.Moves(cur.a.Shards, next)))
+	}
+}
+
+// String describes an assignment briefly, for logs and meshctl.
+func (a Assignment) String() string {
+	counts := map[string]int{}
+	for _, r := range a.Shards {
+		counts[r]++
+	}
+	return fmt.Sprintf("%s: %d shards over %d runners", a.Group, len(a.Shards), len(counts))
+}

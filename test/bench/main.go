@@ -1,0 +1,217 @@
+// Command bench measures the mesh's call path against raw NATS request/reply
+// on the same embedded server in the same run, and prints each figure with
+// its ratio to raw NATS. `make bench` runs it. Figures, not assertions:
+// docs/benchmarks.md records them with the date and machine.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh"
+)
+
+type Amount struct {
+	Amount int `json:"amount"`
+}
+
+// Doc is the 1 KiB payload of the codec comparison.
+type Doc struct {
+	ID    string   `json:"id"`
+	Tags  []string `json:"tags"`
+	Score float64  `json:"score"`
+	Body  string   `json:"body"`
+}
+
+var (
+	Counter   = actor.NewEntity("Counter")
+	Increment = actor.NewRPC[Amount, int](Counter, "Increment")
+	EchoDoc   = actor.NewRPC[Doc, Doc](Counter, "EchoDoc")
+)
+
+var behavior = actor.Implement(Counter, func(*actor.Instance) ([]actor.Handler, error) {
+	n := 0
+	return []actor.Handler{
+		actor.Handle(Increment, func(_ context.Context, a Amount) (int, error) { n += a.Amount; return n, nil }),
+		actor.Handle(EchoDoc, func(_ context.Context, d Doc) (Doc, error) { return d, nil }),
+	}, nil
+})
+
+var (
+	seqCalls = flag.Int("seq", 20000, "sequential calls per latency measurement")
+	duration = flag.Duration("duration", 3*time.Second, "duration of each throughput measurement")
+	cpuProf  = flag.String("cpuprofile", "", "write a CPU profile of the mesh throughput run")
+	only     = flag.String("only", "", "run one part: latency, throughput or codecs")
+)
+
+func main() {
+	flag.Parse()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, JetStream: true, StoreDir: os.TempDir() + "/natsmesh-bench"})
+	check(err)
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		log.Fatal("server not ready")
+	}
+	defer s.Shutdown()
+	url := s.ClientURL()
+	connect := func() *nats.Conn { nc, err := nats.Connect(url); check(err); return nc }
+
+	fmt.Printf("natsmesh bench: %s, GOMAXPROCS=%d, %s, nats-server on TCP loopback\n\n",
+		runtime.Version(), runtime.GOMAXPROCS(0), time.Now().UTC().Format("2006-01-02"))
+
+	// Raw NATS: a responder replying with a fixed payload.
+	rawResp, rawReq := connect(), connect()
+	reply := []byte("1")
+	_, err = rawResp.Subscribe("raw.echo", func(m *nats.Msg) { _ = m.Respond(reply) })
+	check(err)
+	check(rawResp.Flush())
+	payload := []byte(`{"amount":1}`)
+	rawCall := func() error { _, err := rawReq.Request("raw.echo", payload, 5*time.Second); return err }
+
+	// The mesh: a runner and a client on their own connections.
+	runnerNC, clientNC := connect(), connect()
+	cfg := mesh.DefaultConfig()
+	cfg.Standalone = true
+	r, err := mesh.NewRunner(runnerNC, cfg)
+	check(err)
+	check(r.Register(behavior))
+	check(r.Start(context.Background()))
+	client, err := mesh.NewClient(clientNC, cfg)
+	check(err)
+	jcfg := cfg
+	jcfg.Codec = mesh.CodecJSON
+	jclient, err := mesh.NewClient(clientNC, jcfg)
+	check(err)
+	ctx := context.Background()
+	meshCall := func(id string) func() error {
+		return func() error { _, err := mesh.Call(ctx, client, Increment, id, Amount{1}); return err }
+	}
+
+	// 1. Sequential latency, one client, one entity.
+	raw := latency(rawCall)
+	m := latency(meshCall("bench-1"))
+	fmt.Println("Sequential calls, one client, one entity (p50 / p99, calls/s)")
+	row("raw NATS request/reply", raw, raw)
+	row("mesh.Call (msgpack)", m, raw)
+	fmt.Printf("  ratio p50 mesh/raw: %.2fx (target <= 1.25x)\n\n", m.p50.Seconds()/raw.p50.Seconds())
+
+	// 2. Throughput, 256 in flight.
+	ids := make([]string, 1000)
+	for i := range ids {
+		ids[i] = "entity-" + strconv.Itoa(i)
+	}
+	rawT := throughput(256, func(int) error { return rawCall() })
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		check(err)
+		check(pprof.StartCPUProfile(f))
+	}
+	meshT := throughput(256, func(i int) error {
+		_, err := mesh.Call(ctx, client, Increment, ids[i%len(ids)], Amount{1})
+		return err
+	})
+	if *cpuProf != "" {
+		pprof.StopCPUProfile()
+	}
+	fmt.Println("Throughput, 256 calls in flight (mesh: spread over 1,000 entities)")
+	fmt.Printf("  %-34s %10.0f calls/s\n", "raw NATS request/reply", rawT)
+	fmt.Printf("  %-34s %10.0f calls/s  (%.2fx raw, target >= 0.7x)\n\n", "mesh.Call (msgpack)", meshT, meshT/rawT)
+
+	// 3. Codecs with a 1 KiB payload.
+	doc := Doc{ID: "doc-1", Tags: []string{"alpha", "beta", "gamma"}, Score: 0.75}
+	for len(fmt.Sprint(doc.Body)) < 900 {
+		doc.Body += "lorem ipsum dolor sit amet "
+	}
+	mp, _ := mesh.Msgpack.Marshal(doc)
+	js, _ := mesh.JSON.Marshal(doc)
+	fmt.Printf("Codecs, 1 KiB payload (msgpack %d bytes, JSON %d bytes)\n", len(mp), len(js))
+	for _, c := range []struct {
+		name   string
+		codec  mesh.Codec
+		client *mesh.Client
+	}{{"msgpack", mesh.Msgpack, client}, {"json", mesh.JSON, jclient}} {
+		enc := perOp(func() { _, _ = c.codec.Marshal(doc) })
+		b, _ := c.codec.Marshal(doc)
+		dec := perOp(func() { var d Doc; _ = c.codec.Unmarshal(b, &d) })
+		l := latency(func() error { _, err := mesh.Call(ctx, c.client, EchoDoc, "doc", doc); return err })
+		fmt.Printf("  %-8s encode %6.0f ns  decode %6.0f ns  call p50 %6.1f µs  p99 %6.1f µs\n",
+			c.name, enc, dec, us(l.p50), us(l.p99))
+	}
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	check(r.Shutdown(sctx))
+}
+
+type lat struct {
+	p50, p99 time.Duration
+	rate     float64
+}
+
+func latency(call func() error) lat {
+	for range 1000 { // warm up
+		check(call())
+	}
+	d := make([]time.Duration, *seqCalls)
+	start := time.Now()
+	for i := range d {
+		t := time.Now()
+		check(call())
+		d[i] = time.Since(t)
+	}
+	total := time.Since(start)
+	slices.Sort(d)
+	return lat{p50: d[len(d)/2], p99: d[len(d)*99/100], rate: float64(len(d)) / total.Seconds()}
+}
+
+func throughput(inFlight int, call func(i int) error) float64 {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	stop := time.Now().Add(*duration)
+	start := time.Now()
+	for w := range inFlight {
+		wg.Go(func() {
+			for i := w; time.Now().Before(stop); i += inFlight {
+				check(call(i))
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds()
+}
+
+func perOp(f func()) float64 {
+	const n = 20000
+	start := time.Now()
+	for range n {
+		f()
+	}
+	return float64(time.Since(start).Nanoseconds()) / n
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+func row(name string, l, raw lat) {
+	fmt.Printf("  %-34s p50 %6.1f µs (%.2fx)  p99 %6.1f µs (%.2fx)  %8.0f calls/s\n",
+		name, us(l.p50), l.p50.Seconds()/raw.p50.Seconds(), us(l.p99), l.p99.Seconds()/raw.p99.Seconds(), l.rate)
+}
+
+func check(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
