@@ -25,10 +25,17 @@ build:
 examples:
 	$(GO) build ./examples/...
 
-# Benchmarks report figures, never pass/fail on timing.
+# Benchmarks report figures, never pass/fail on timing. The harness measures
+# raw NATS and the mesh in one run on one embedded server (ratios matter,
+# absolute figures drift between machines).
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime=1000000x ./actor
+	$(GO) test -run '^$$' -bench . -benchtime=20000x ./mesh
+	$(GO) test -run '^$$' -bench . ./internal/assign
+	$(GO) run ./test/bench
 
 FUZZTIME ?= 60s
+FUZZ_TARGETS = ./mesh:FuzzIDHeader ./mesh:FuzzParseCall ./mesh:FuzzErrorEnvelope ./mesh:FuzzCodecs ./internal/assign:FuzzCompute
 fuzz:
-	@echo "no fuzz targets yet"
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$pkg $$fn"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
