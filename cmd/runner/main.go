@@ -1,9 +1,11 @@
-// Command runner hosts natsmesh entities. With -dev it is a whole
-// development cluster in one process: an embedded nats-server with JetStream
-// in a local folder, and a runner that owns every shard and hosts the
-// examples. Without -dev it connects to the NATS servers given by -nats (or
-// NATS_URL) and, until cluster coordination is configured, serves every shard
-// itself.
+// Command runner hosts natsmesh entities (the example Counter).
+//
+// With -dev it is a whole development cluster in one process: an embedded
+// nats-server with JetStream in a local folder, a shard manager, and a runner
+// that gets every shard through the same leases and assignment as in
+// production. Without -dev it connects to the NATS servers given by -nats (or
+// NATS_URL) and joins the cluster run by cmd/shardmgr; with -standalone it
+// serves every shard itself, with no coordination (one runner only).
 package main
 
 import (
@@ -43,9 +45,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		dev       = fs.Bool("dev", false, "development mode: embedded nats-server, one runner owning every shard")
 		devListen = fs.String("dev-listen", "127.0.0.1:4222", "with -dev: where the embedded server listens for clients")
 		dataDir   = fs.String("data", ".data/nats", "with -dev: JetStream data folder")
-		prefix    = fs.String("prefix", "mesh", "subject prefix of the cluster")
-		shards    = fs.Int("shards", 300, "shards per group")
-		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
+		prefix     = fs.String("prefix", "mesh", "subject prefix of the cluster")
+		shards     = fs.Int("shards", 300, "shards per group")
+		standalone = fs.Bool("standalone", false, "serve every shard with no shard manager (one runner only)")
+		id         = fs.String("id", "", "runner id, unique per process (default: generated)")
+		weight     = fs.Int("weight", 1, "share of shards relative to other runners")
+		replicas   = fs.Int("replicas", 1, "replicas of the KV buckets: 1, or 3 on a NATS cluster")
+		fast       = fs.Bool("fast-failover", false, "2 s leases renewed every 500 ms (see docs/operations.md)")
+		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
 	)
 	conn.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -56,7 +63,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	cfg := mesh.DefaultConfig()
+	if *fast {
+		cfg = cfg.FastFailover()
+	}
 	cfg.Prefix, cfg.ShardsPerGroup, cfg.Logger = *prefix, *shards, log
+	cfg.Standalone, cfg.RunnerID, cfg.RunnerWeight, cfg.StorageReplicas = *standalone, *id, *weight, *replicas
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -88,6 +99,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer nc.Close()
 
+	if *dev && !cfg.Standalone {
+		// The shard manager runs in this process, on the same code as
+		// cmd/shardmgr.
+		m, err := mesh.NewShardManager(nc, cfg)
+		if err != nil {
+			return err
+		}
+		mctx, stopManager := context.WithCancel(context.Background())
+		managerDone := make(chan error, 1)
+		go func() { managerDone <- m.Run(mctx) }()
+		defer func() { stopManager(); <-managerDone }()
+	}
 	r, err := mesh.NewRunner(nc, cfg)
 	if err != nil {
 		return err
@@ -98,7 +121,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := r.Start(ctx); err != nil {
 		return err
 	}
-	log.Info("runner ready", "nats", url, "shards", len(r.Shards()), "prefix", cfg.Prefix)
+	if *dev {
+		// Wait for the first assignment so the printed commands work at once.
+		deadline := time.Now().Add(30 * time.Second)
+		for len(r.Shards()) < cfg.ShardsPerGroup*len(cfg.ShardGroups) && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond) // poll interval of a wait with a deadline
+		}
+	}
+	log.Info("runner ready", "id", r.ID(), "nats", url, "shards", len(r.Shards()), "prefix", cfg.Prefix, "standalone", cfg.Standalone)
 	printHelp(stdout, url, cfg)
 
 	<-ctx.Done()
