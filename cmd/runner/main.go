@@ -41,10 +41,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("runner", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		conn      cli.Conn
-		dev       = fs.Bool("dev", false, "development mode: embedded nats-server, one runner owning every shard")
-		devListen = fs.String("dev-listen", "127.0.0.1:4222", "with -dev: where the embedded server listens for clients")
-		dataDir   = fs.String("data", ".data/nats", "with -dev: JetStream data folder")
+		conn       cli.Conn
+		dev        = fs.Bool("dev", false, "development mode: embedded nats-server, one runner owning every shard")
+		devListen  = fs.String("dev-listen", "127.0.0.1:4222", "with -dev: where the embedded server listens for clients")
+		dataDir    = fs.String("data", ".data/nats", "with -dev: JetStream data folder")
 		prefix     = fs.String("prefix", "mesh", "subject prefix of the cluster")
 		shards     = fs.Int("shards", 300, "shards per group")
 		standalone = fs.Bool("standalone", false, "serve every shard with no shard manager (one runner only)")
