@@ -184,7 +184,25 @@ func TestClusterBalanceByWeight(t *testing.T) {
 	c.runner("r3", 2, nil)
 	c.waitBalanced(map[string]int{"r1": 6, "r2": 6, "r3": 12})
 
-	client, _ := newClient(t, c.url, c.cfg)
+	client, cnc := newClient(t, c.url, c.cfg)
+	st, err := mesh.Inspect(context.Background(), cnc, c.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Manager == "" || len(st.Runners) != 3 || len(st.Shards) != 24 {
+		t.Fatalf("Inspect: manager %q, %d runners, %d shards", st.Manager, len(st.Runners), len(st.Shards))
+	}
+	for _, r := range st.Runners {
+		want := map[string]int{"r1": 6, "r2": 6, "r3": 12}[r.ID]
+		if r.Assigned != want || r.Held != want {
+			t.Fatalf("Inspect: runner %s assigned %d, holds %d; want %d", r.ID, r.Assigned, r.Held, want)
+		}
+	}
+	for _, s := range st.Shards {
+		if s.Holder != s.Assigned || s.LeaseRevision == 0 {
+			t.Fatalf("Inspect: shard %v assigned to %q, held by %q (rev %d)", s.Shard, s.Assigned, s.Holder, s.LeaseRevision)
+		}
+	}
 	for i := range 100 {
 		id := fmt.Sprint("acct-", i)
 		if v, err := mesh.Call(context.Background(), client, Increment, id, Amount{i}); err != nil || v != i {
@@ -290,7 +308,6 @@ func TestClusterSingleton(t *testing.T) {
 	var mu sync.Mutex
 	running := map[string]bool{}
 	var overlap atomic.Bool
-	starts := make(chan string, 16)
 	singleton := func(runner string) func(context.Context) error {
 		return func(ctx context.Context) error {
 			mu.Lock()
@@ -299,7 +316,6 @@ func TestClusterSingleton(t *testing.T) {
 			}
 			running[runner] = true
 			mu.Unlock()
-			starts <- runner
 			<-ctx.Done()
 			mu.Lock()
 			delete(running, runner)
@@ -311,17 +327,28 @@ func TestClusterSingleton(t *testing.T) {
 	c.runner("r1", 1, map[string]func(context.Context) error{"coordinator": singleton("r1")})
 	c.runner("r2", 1, map[string]func(context.Context) error{"coordinator": singleton("r2")})
 	c.waitBalanced(map[string]int{"r1": 12, "r2": 12})
-	host := <-starts
+	runningOn := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []string
+		for r := range running {
+			out = append(out, r)
+		}
+		return out
+	}
+	natstest.WaitFor(t, 10*time.Second, func() bool { return len(runningOn()) == 1 }, "the singleton running once")
+	host := runningOn()[0]
+	_, cnc := newClient(t, c.url, c.cfg)
+	st, err := mesh.Inspect(context.Background(), cnc, c.cfg)
+	if err != nil || len(st.Singletons) != 1 || st.Singletons[0].Runner != host {
+		t.Fatalf("Inspect singletons = %+v, %v; want coordinator on %s", st.Singletons, err, host)
+	}
 	c.stop(host)
 	other := map[string]string{"r1": "r2", "r2": "r1"}[host]
-	select {
-	case got := <-starts:
-		if got != other {
-			t.Fatalf("singleton restarted on %s, want %s", got, other)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("singleton not restarted after its runner left")
-	}
+	natstest.WaitFor(t, 20*time.Second, func() bool {
+		on := runningOn()
+		return len(on) == 1 && on[0] == other
+	}, "the singleton restarted on the other runner")
 	if overlap.Load() {
 		t.Fatal("two instances of the singleton ran at once")
 	}

@@ -1,0 +1,186 @@
+// Command meshctl observes and pokes a natsmesh cluster:
+//
+//	meshctl status                       runners, weights, shard counts, leading shard manager
+//	meshctl shards                       every shard: assigned runner, lease holder, lease revision
+//	meshctl singletons                   where each singleton runs
+//	meshctl call TYPE ID RPC [JSON]      call an entity (route subject, JSON payload)
+//
+// Output is a table, or JSON with -o json. Connection flags as for the
+// other binaries (-nats, -creds, ... or NATS_URL, NATS_CREDS, ...).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/internal/cli"
+	"github.com/natsmesh/natsmesh/mesh"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "meshctl:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: meshctl [flags] status | shards | singletons | call TYPE ID RPC [JSON]`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("meshctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, usage); fs.PrintDefaults() }
+	var (
+		conn    cli.Conn
+		prefix  = fs.String("prefix", "mesh", "subject prefix of the cluster")
+		shards  = fs.Int("shards", 300, "shards per group")
+		output  = fs.String("o", "table", "output: table or json")
+		timeout = fs.Duration("timeout", 10*time.Second, "time limit of the command")
+	)
+	conn.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *output != "table" && *output != "json" {
+		return fmt.Errorf("-o %q: want table or json", *output)
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return errors.New(usage)
+	}
+	cfg := mesh.DefaultConfig()
+	cfg.Prefix, cfg.ShardsPerGroup = *prefix, *shards
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	conn.Name = "natsmesh-meshctl"
+	nc, err := conn.Connect()
+	if err != nil {
+		return fmt.Errorf("connect to NATS: %w", err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+
+	switch cmd := rest[0]; cmd {
+	case "status", "shards", "singletons":
+		if len(rest) != 1 {
+			return errors.New(usage)
+		}
+		st, err := mesh.Inspect(ctx, nc, cfg)
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return writeJSON(stdout, st, cmd)
+		}
+		return writeTable(stdout, st, cmd)
+	case "call":
+		if len(rest) < 4 || len(rest) > 5 {
+			return errors.New(usage)
+		}
+		payload := ""
+		if len(rest) == 5 {
+			payload = rest[4]
+		}
+		return call(ctx, nc, cfg, stdout, rest[1], rest[2], rest[3], payload, *output)
+	default:
+		return fmt.Errorf("unknown command %q\n%s", cmd, usage)
+	}
+}
+
+func writeJSON(w io.Writer, st *mesh.ClusterStatus, cmd string) error {
+	var v any = st
+	switch cmd {
+	case "shards":
+		v = st.Shards
+	case "singletons":
+		v = st.Singletons
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func writeTable(w io.Writer, st *mesh.ClusterStatus, cmd string) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	switch cmd {
+	case "status":
+		manager := st.Manager
+		if manager == "" {
+			manager = "(none: runners keep their shards)"
+		}
+		fmt.Fprintf(w, "shard manager: %s\n\n", manager)
+		fmt.Fprintln(tw, "RUNNER\tWEIGHT\tASSIGNED\tHELD\tHOST\tVERSION\tSTARTED\tENTITY TYPES")
+		for _, r := range st.Runners {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Weight, r.Assigned, r.Held, r.Host, r.Version,
+				r.Started.Format(time.RFC3339), strings.Join(r.EntityTypes, ","))
+		}
+		moving := 0
+		for _, s := range st.Shards {
+			if s.Assigned != s.Holder {
+				moving++
+			}
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "\n%d shards, %d moving or unowned\n", len(st.Shards), moving)
+		return nil
+	case "shards":
+		fmt.Fprintln(tw, "SHARD\tASSIGNED\tHOLDER\tLEASE REV")
+		for _, s := range st.Shards {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", s.Shard, dash(s.Assigned), dash(s.Holder), s.LeaseRevision)
+		}
+	case "singletons":
+		fmt.Fprintln(tw, "SINGLETON\tSHARD\tRUNNER")
+		for _, s := range st.Singletons {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, s.Shard, dash(s.Runner))
+		}
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// call sends a JSON call on the route subject (docs/protocol.md).
+func call(ctx context.Context, nc *nats.Conn, cfg mesh.Config, w io.Writer, typ, id, rpc, payload, output string) error {
+	m := nats.NewMsg(cfg.Prefix + "." + mesh.ProtocolVersion + ".entity." + typ + "." + rpc)
+	m.Header.Set(mesh.HeaderIDBase64, b64(id))
+	m.Header.Set(mesh.HeaderCodec, mesh.CodecJSON)
+	m.Data = []byte(payload)
+	reply, err := nc.RequestMsgWithContext(ctx, m)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return errors.New("no runner is serving (none running, or none hosts the route subject)")
+	}
+	if err != nil {
+		return err
+	}
+	if code := reply.Header.Get(mesh.HeaderError); code != "" {
+		if output == "json" {
+			fmt.Fprintln(w, string(reply.Data))
+		}
+		return fmt.Errorf("%s: %s", code, reply.Data)
+	}
+	fmt.Fprintln(w, string(reply.Data))
+	return nil
+}
