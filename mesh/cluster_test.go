@@ -116,7 +116,7 @@ func (c *testCluster) runner(id string, weight int, singletons map[string]func(c
 	}
 	cfg := c.cfg
 	cfg.RunnerID, cfg.RunnerWeight = id, weight
-	if testing.Verbose() {
+	if os.Getenv("MESH_TEST_LOG") != "" { // debug logs of every runner on stderr
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	r, err := mesh.NewRunner(nc, cfg, actor.WithObserver(runnerObserver{c.obs, id}))
@@ -210,6 +210,28 @@ func TestClusterBalanceByWeight(t *testing.T) {
 		}
 	}
 	c.obs.check(t)
+}
+
+// Ten runners and 3,000 shards settle to a balanced assignment.
+func TestClusterScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 10 runners holding 3,000 leases")
+	}
+	cfg := mesh.DefaultConfig() // default timings: 3,000 leases renewed every 10 s
+	cfg.ShardsPerGroup = 3000
+	c := newTestCluster(t, cfg)
+	c.manager()
+	start := time.Now()
+	var wg sync.WaitGroup
+	want := map[string]int{}
+	for i := range 10 {
+		id := fmt.Sprintf("r%02d", i)
+		want[id] = 300
+		wg.Go(func() { c.runner(id, 1, nil) })
+	}
+	wg.Wait()
+	c.waitBalanced(want)
+	t.Logf("SCALE 10 runners x 3000 shards: balanced and served after %v", time.Since(start).Round(time.Millisecond))
 }
 
 // Under steady load, a runner joins and another leaves: no call fails, no

@@ -105,7 +105,12 @@ func (m *ShardManager) lead(ctx context.Context, st *stores, lease jetstream.Lea
 	t := term{m: m, st: st, k: k, live: map[string]RunnerInfo{}, suspects: map[string]RunnerInfo{}, current: map[string]current{}}
 	tick := time.NewTicker(m.cfg.RefreshAssignmentsInterval)
 	defer tick.Stop()
-	synced := false
+	// Runner events are debounced: runners that start together are placed
+	// in one assignment instead of shards moving once per arrival.
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	defer debounce.Stop()
+	synced, pending := false, false
 	for {
 		select {
 		case <-ctx.Done():
@@ -121,13 +126,26 @@ func (m *ShardManager) lead(ctx context.Context, st *stores, lease jetstream.Lea
 			if ev.Kind == jetstream.EventSynced {
 				synced = true
 			}
+			if synced && !pending {
+				pending = true
+				debounce.Reset(rebalanceDebounce(m.cfg))
+			}
+			continue
+		case <-debounce.C:
 		case <-tick.C:
 		}
+		pending = false
 		if synced {
 			t.checkSuspects(ctx)
 			t.rebalance(ctx)
 		}
 	}
+}
+
+// rebalanceDebounce is how long the manager waits after a runner event for
+// more before rebalancing.
+func rebalanceDebounce(cfg Config) time.Duration {
+	return min(cfg.RefreshAssignmentsInterval/4, 250*time.Millisecond)
 }
 
 // term is the state of one leadership term.
