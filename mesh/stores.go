@@ -27,7 +27,17 @@ type stores struct {
 	assignments natsjs.KeyValue
 }
 
+// storeSetupTimeout bounds creating or checking the buckets when the
+// caller's context has no deadline: creating replicated streams takes
+// seconds on a busy cluster.
+const storeSetupTimeout = 30 * time.Second
+
 func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, storeSetupTimeout)
+		defer cancel()
+	}
 	js, err := natsjs.New(nc)
 	if err != nil {
 		return nil, err
@@ -37,28 +47,65 @@ func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error)
 		TTL:      cfg.ShardLockExpiration,
 		Margin:   cfg.ShardLockMargin,
 	}
+	st := &stores{}
 	lc.Bucket = cfg.Prefix + "_leases"
-	leases, err := jetstream.OpenLeases(ctx, js, lc)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", lc.Bucket, err)
+	if err := retrySetup(ctx, lc.Bucket, func(ctx context.Context) (err error) {
+		st.leases, err = jetstream.OpenLeases(ctx, js, lc)
+		return err
+	}); err != nil {
+		return nil, err
 	}
-	lc.Bucket = cfg.Prefix + "_runners"
-	runners, err := jetstream.OpenLeases(ctx, js, lc)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", lc.Bucket, err)
+	rc := lc
+	rc.Bucket = cfg.Prefix + "_runners"
+	if err := retrySetup(ctx, rc.Bucket, func(ctx context.Context) (err error) {
+		st.runners, err = jetstream.OpenLeases(ctx, js, rc)
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	bucket := cfg.Prefix + "_assignments"
-	kv, err := js.CreateOrUpdateKeyValue(ctx, natsjs.KeyValueConfig{
-		Bucket:      bucket,
-		Description: "natsmesh shard assignments, written by the leading shard manager",
-		History:     1,
-		Replicas:    cfg.StorageReplicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", bucket, err)
+	if err := retrySetup(ctx, bucket, func(ctx context.Context) (err error) {
+		st.assignments, err = js.CreateOrUpdateKeyValue(ctx, natsjs.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "natsmesh shard assignments, written by the leading shard manager",
+			History:     1,
+			Replicas:    cfg.StorageReplicas,
+		})
+		return err
+	}); err != nil {
+		return nil, err
 	}
-	return &stores{leases: leases, runners: runners, assignments: kv}, nil
+	return st, nil
 }
+
+// retrySetup runs an idempotent bucket setup with short attempts until ctx
+// ends. On a NATS cluster, two processes creating the same replicated
+// bucket at once can leave the losing request unanswered (observed with
+// nats-server 2.15.2: both callers hung until their deadline, while a
+// second attempt found the bucket at once), so one long attempt is worse
+// than several short ones.
+func retrySetup(ctx context.Context, what string, setup func(context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
+		err := setup(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || errors.Is(err, jetstream.ErrInvalidConfig) {
+			return fmt.Errorf("open %s: %w", what, err)
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("open %s: %w", what, err)
+		}
+	}
+}
+
+const setupAttemptTimeout = 3 * time.Second
 
 func shardKey(s ShardID) string { return fmt.Sprintf("shard.%s.%d", s.Group, s.N) }
 
