@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -91,8 +92,28 @@ type loadGen struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 
-	mu       sync.Mutex
-	failures []failure
+	mu        sync.Mutex
+	failures  []failure
+	latencies []time.Duration
+}
+
+// p99Since returns the 99th percentile latency of calls since mark
+// (an index from mark()) and how many there were.
+func (l *loadGen) p99Since(mark int) (time.Duration, int) {
+	l.mu.Lock()
+	d := slices.Clone(l.latencies[mark:])
+	l.mu.Unlock()
+	if len(d) == 0 {
+		return 0, 0
+	}
+	slices.Sort(d)
+	return d[len(d)*99/100], len(d)
+}
+
+func (l *loadGen) mark() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.latencies)
 }
 
 type failure struct {
@@ -119,13 +140,16 @@ func startLoad(client *mesh.Client, entities, workers int, timeout time.Duration
 				start := time.Now()
 				_, err := mesh.Call(ctx, client, Increment, fmt.Sprint("e-", e), Amount{1})
 				cancel()
+				took := time.Since(start)
+				l.mu.Lock()
+				l.latencies = append(l.latencies, took)
 				if err != nil {
-					l.mu.Lock()
 					l.failures = append(l.failures, failure{start, err})
-					l.mu.Unlock()
-					continue
 				}
-				l.acked[e].Add(1)
+				l.mu.Unlock()
+				if err == nil {
+					l.acked[e].Add(1)
+				}
 			}
 		})
 	}
@@ -369,17 +393,26 @@ func TestClusterHandoffUnderLoad(t *testing.T) {
 	c.manager()
 	c.runner("r1", 1, nil)
 	c.runner("r2", 1, nil)
-	c.waitBalanced(map[string]int{"r1": 12, "r2": 12})
+	c.runner("r3", 1, nil)
+	c.waitBalanced(map[string]int{"r1": 8, "r2": 8, "r3": 8})
 
 	client, _ := newClient(t, c.url, c.cfg)
 	const entities = 60
 	load := startLoad(client, entities, 4, 0)
 	load.progress(t, 200, "load before scale-out")
-	c.runner("r3", 1, nil)
-	c.waitBalanced(map[string]int{"r1": 8, "r2": 8, "r3": 8})
+	steady, _ := load.p99Since(0)
+	mark, joined := load.mark(), time.Now()
+	c.runner("r4", 1, nil)
+	c.waitBalanced(map[string]int{"r1": 6, "r2": 6, "r3": 6, "r4": 6})
+	rebalance := time.Since(joined)
+	p99, calls := load.p99Since(mark)
+	t.Logf("HANDOFF join 3->4: rebalanced in %v; %d calls meanwhile, p99 %v (steady p99 %v)", rebalance.Round(time.Millisecond), calls, p99, steady)
 	load.progress(t, 200, "load after scale-out")
+	mark, left := load.mark(), time.Now()
 	c.stop("r1")
-	c.waitBalanced(map[string]int{"r2": 12, "r3": 12})
+	c.waitBalanced(map[string]int{"r2": 8, "r3": 8, "r4": 8})
+	p99, calls = load.p99Since(mark)
+	t.Logf("HANDOFF leave 4->3: rebalanced in %v; %d calls meanwhile, p99 %v", time.Since(left).Round(time.Millisecond), calls, p99)
 	load.progress(t, 200, "load after scale-in")
 	load.finish(t, time.Time{}, time.Time{})
 	c.obs.check(t)

@@ -39,6 +39,7 @@ type coordinator struct {
 	mu       sync.Mutex
 	desired  map[ShardID]bool
 	owned    map[ShardID]*heldShard
+	leaving  bool // deregistered: acquire nothing more
 	handoffs sync.WaitGroup
 }
 
@@ -170,6 +171,12 @@ func (c *coordinator) loop() {
 // keepRegistered re-registers if the registration was lost (for example
 // after a long pause): the shard manager would otherwise move our shards.
 func (c *coordinator) keepRegistered(ctx context.Context) {
+	c.mu.Lock()
+	leaving := c.leaving
+	c.mu.Unlock()
+	if leaving {
+		return
+	}
 	select {
 	case <-c.reg.Lost():
 	default:
@@ -215,7 +222,7 @@ func (c *coordinator) reconcile(ctx context.Context) {
 	c.mu.Lock()
 	var acquire []ShardID
 	for s := range c.desired {
-		if c.owned[s] == nil {
+		if c.owned[s] == nil && !c.leaving {
 			acquire = append(acquire, s)
 		}
 	}
@@ -327,8 +334,31 @@ func (c *coordinator) handoff(s ShardID, h *heldShard) {
 	c.poke()
 }
 
-// shutdown stops the loop, hands every shard off and deregisters.
+// shutdown leaves the cluster: it deregisters first, so the shard manager
+// reassigns this runner's shards while it still serves them; each shard is
+// handed off as its new owner is named (who is then already waiting for the
+// lease, so the shard is unowned for milliseconds). Shards still held after
+// a grace period (no shard manager running, say) are handed off anyway.
 func (c *coordinator) shutdown(ctx context.Context) {
+	c.mu.Lock()
+	c.leaving = true
+	c.mu.Unlock()
+	if err := c.reg.Release(ctx); err != nil && !errors.Is(err, jetstream.ErrLeaseLost) {
+		c.r.log.Warn("deregister", "err", err)
+	}
+	grace := time.NewTimer(2*c.r.cfg.RefreshAssignmentsInterval + rebalanceDebounce(c.r.cfg))
+	defer grace.Stop()
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+	for c.holding() {
+		select {
+		case <-grace.C:
+		case <-ctx.Done():
+		case <-poll.C: // the loop hands shards off as the assignment moves them
+			continue
+		}
+		break
+	}
 	c.stopOnce.Do(func() { close(c.stop) })
 	select {
 	case <-c.done:
@@ -351,9 +381,18 @@ func (c *coordinator) shutdown(ctx context.Context) {
 	case <-waited:
 	case <-ctx.Done():
 	}
-	if err := c.reg.Release(ctx); err != nil && !errors.Is(err, jetstream.ErrLeaseLost) {
-		c.r.log.Warn("deregister", "err", err)
+}
+
+// holding reports whether any shard is still held and not being handed off.
+func (c *coordinator) holding() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range c.owned {
+		if !h.leaving {
+			return true
+		}
 	}
+	return false
 }
 
 // Owned returns the shards whose lease this runner holds.
