@@ -26,6 +26,9 @@ type Client struct {
 
 	subjectsMu sync.RWMutex
 	subjects   map[actor.RPCInfo][]string // call subject per shard, built on first use
+
+	persistMu sync.Mutex
+	persist   *persistence // opened on the first persisted call
 }
 
 // NewClient returns a client on nc. It returns an error wrapping
@@ -218,7 +221,10 @@ func decodeReply[Resp any](info actor.RPCInfo, codec Codec, reply *nats.Msg) (Re
 }
 
 // Call sends req to the entity id of rpc's entity type, wherever it runs,
-// and waits for the reply. A default timeout (Config.CallTimeout) applies
+// and waits for the reply. For an RPC declared actor.Persisted, the message
+// is first stored in JetStream (with a generated id, or MessageID's), then
+// handled at least once and answered from the stored reply (see
+// docs/persistence.md). A default timeout (Config.CallTimeout) applies
 // when ctx has no deadline; when ctx has one, the handler's context gets it
 // too (Mesh-Timeout).
 // While no runner serves the entity's shard, Call retries with backoff.
@@ -228,8 +234,22 @@ func decodeReply[Resp any](info actor.RPCInfo, codec Codec, reply *nats.Msg) (Re
 // actor.ErrMailboxFull, actor.ErrUnknownEntity, actor.ErrUnknownRPC,
 // actor.ErrMalformed and the rest with errors.Is, ErrPayloadTooLarge,
 // actor.ErrInvalidID, or ctx's error.
-func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp], id string, req Req) (Resp, error) {
+func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp], id string, req Req, opts ...CallOption) (Resp, error) {
 	var zero Resp
+	info := rpc.Info()
+	if info.Persisted() {
+		ctx, cancel := c.withTimeout(ctx)
+		defer cancel()
+		payload, err := c.codec.Marshal(req)
+		if err != nil {
+			return zero, fmt.Errorf("encode request: %w", err)
+		}
+		reply, err := c.callPersisted(ctx, info, id, payload, applyCallOptions(opts))
+		if err != nil {
+			return zero, err
+		}
+		return decodeReply[Resp](info, c.codec, reply)
+	}
 	if ctx.Done() != nil { // cancellable: bound it (an uncancellable one is bounded by requestRetry)
 		var cancel context.CancelFunc
 		ctx, cancel = c.withTimeout(ctx)
@@ -239,7 +259,6 @@ func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 	if err != nil {
 		return zero, fmt.Errorf("encode request: %w", err)
 	}
-	info := rpc.Info()
 	m, err := c.newRequest(ctx, info, id, payload)
 	if err != nil {
 		return zero, err
@@ -251,16 +270,22 @@ func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 	return decodeReply[Resp](info, c.codec, reply)
 }
 
-// Send delivers req to the entity without waiting for a reply: it returns
-// once the NATS server has accepted the message (a flush round trip). The
-// delivery is at most once: if no runner serves the shard at that moment the
-// message is lost. Use a persisted RPC where that matters.
-func Send[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp], id string, req Req) error {
+// Send delivers req to the entity without waiting for a reply. For a
+// volatile RPC it returns once the NATS server has accepted the message (a
+// flush round trip), and delivery is at most once: if no runner serves the
+// shard at that moment the message is lost. For a persisted RPC it returns
+// once JetStream has stored the message, which is then handled at least
+// once; fetch its reply with Reply and the id given by MessageID.
+func Send[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp], id string, req Req, opts ...CallOption) error {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	payload, err := c.codec.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("encode request: %w", err)
+	}
+	if rpc.Info().Persisted() {
+		_, _, err := c.publishPersisted(ctx, rpc.Info(), id, payload, applyCallOptions(opts), "")
+		return err
 	}
 	m, err := c.newRequest(ctx, rpc.Info(), id, payload)
 	if err != nil {

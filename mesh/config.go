@@ -71,6 +71,24 @@ type Config struct {
 	// registration expired is really gone before its shards move.
 	RunnerHealthCheckTimeout time.Duration
 
+	// PersistReplyRetention is how long the reply of a persisted message
+	// is kept: a message sent again with the same id within it is answered
+	// from the stored reply without running the handler again.
+	PersistReplyRetention time.Duration
+	// PersistDedupWindow is the stream's Nats-Msg-Id window: a message
+	// published twice with one id within it is stored once.
+	PersistDedupWindow time.Duration
+	// PersistMaxAttempts bounds how often a persisted message whose handler
+	// panics is tried before it goes to the dead-letter stream.
+	PersistMaxAttempts int
+	// PersistRetryBackoff and PersistRetryBackoffMax space those attempts
+	// (doubling).
+	PersistRetryBackoff    time.Duration
+	PersistRetryBackoffMax time.Duration
+	// PersistMaxInFlight bounds the persisted messages a shard's consumer
+	// hands out before acknowledgements (its MaxAckPending).
+	PersistMaxInFlight int
+
 	// Logger receives the mesh's structured logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -111,6 +129,13 @@ func DefaultConfig() Config {
 		ShardLockMargin:            time.Second,
 		RefreshAssignmentsInterval: 3 * time.Second,
 		RunnerHealthCheckTimeout:   time.Second,
+
+		PersistReplyRetention:  24 * time.Hour,
+		PersistDedupWindow:     2 * time.Minute,
+		PersistMaxAttempts:     10,
+		PersistRetryBackoff:    100 * time.Millisecond,
+		PersistRetryBackoffMax: 30 * time.Second,
+		PersistMaxInFlight:     1000,
 	}
 }
 
@@ -154,6 +179,16 @@ func (c *Config) Validate() error {
 		return bad("RefreshAssignmentsInterval", c.RefreshAssignmentsInterval, "must be positive")
 	case c.RunnerHealthCheckTimeout <= 0:
 		return bad("RunnerHealthCheckTimeout", c.RunnerHealthCheckTimeout, "must be positive")
+	case c.PersistReplyRetention < time.Second:
+		return bad("PersistReplyRetention", c.PersistReplyRetention, "want at least 1s")
+	case c.PersistDedupWindow < time.Second:
+		return bad("PersistDedupWindow", c.PersistDedupWindow, "want at least 1s")
+	case c.PersistMaxAttempts < 1:
+		return bad("PersistMaxAttempts", c.PersistMaxAttempts, "must be at least 1")
+	case c.PersistRetryBackoff <= 0 || c.PersistRetryBackoffMax < c.PersistRetryBackoff:
+		return bad("PersistRetryBackoff", c.PersistRetryBackoff, "want 0 < PersistRetryBackoff <= PersistRetryBackoffMax")
+	case c.PersistMaxInFlight < 1:
+		return bad("PersistMaxInFlight", c.PersistMaxInFlight, "must be at least 1")
 	}
 	if _, err := CodecByName(c.Codec); err != nil || c.Codec == "" {
 		return bad("Codec", c.Codec, "want msgpack or json")

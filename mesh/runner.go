@@ -43,6 +43,8 @@ type Runner struct {
 	pingSub    *nats.Subscription
 	singletons map[string]*singleton
 	coord      *coordinator // nil when standalone
+	persist    *persistence
+	consumers  map[ShardID]*shardConsumer
 	started    bool
 	closed     bool
 }
@@ -63,6 +65,7 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 		shards: map[ShardID]*nats.Subscription{},
 
 		singletons: map[string]*singleton{},
+		consumers:  map[ShardID]*shardConsumer{},
 
 		inbox:        make(chan *nats.Msg, inboxSize),
 		stopDispatch: make(chan struct{}),
@@ -140,6 +143,19 @@ func (r *Runner) Start(ctx context.Context) error {
 		return fmt.Errorf("%w: runner already started", ErrInvalidOption)
 	}
 	r.started = true
+	r.mu.Unlock()
+	// Persisted messages cost a durable consumer per served shard: only
+	// runners hosting an RPC declared Persisted pay for them.
+	if r.hostsPersisted() {
+		persist, err := openPersistence(ctx, r.nc, r.cfg)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.persist = persist
+		r.mu.Unlock()
+	}
+	r.mu.Lock()
 	go r.dispatch()
 	sub, err := r.nc.QueueSubscribe(r.subj.routeAll(), r.cfg.Prefix+"-route", r.onRoute)
 	if err != nil {
@@ -174,6 +190,18 @@ func (r *Runner) Start(ctx context.Context) error {
 	return r.flush(ctx)
 }
 
+// hostsPersisted reports whether any hosted entity declares a persisted RPC.
+func (r *Runner) hostsPersisted() bool {
+	for _, e := range r.rt.Entities() {
+		for _, rpc := range e.RPCs() {
+			if rpc.Persisted() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // flush waits until the server has processed what this runner sent
 // (subscriptions included), bounded by ctx or CallTimeout.
 func (r *Runner) flush(ctx context.Context) error {
@@ -187,29 +215,47 @@ func (r *Runner) flush(ctx context.Context) error {
 
 func (r *Runner) partition(s ShardID) int { return r.groups[s.Group]*r.cfg.ShardsPerGroup + s.N }
 
-// serveShard starts serving shard s: its entities may activate here and its
-// subject is subscribed. The caller must own the shard.
+// serveShard starts serving shard s: its entities may activate here, its
+// subject is subscribed and its persisted messages are consumed. The caller
+// must own the shard.
 func (r *Runner) serveShard(s ShardID) error {
 	if _, ok := r.groups[s.Group]; !ok || s.N < 0 || s.N >= r.cfg.ShardsPerGroup {
 		return fmt.Errorf("%w: no shard %s", ErrInvalidOption, s)
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closed {
+		r.mu.Unlock()
 		return ErrClosed
 	}
 	if _, ok := r.shards[s]; ok {
+		r.mu.Unlock()
 		return nil
 	}
 	if err := r.rt.OpenPartition(r.partition(s)); err != nil {
+		r.mu.Unlock()
 		return err
 	}
 	sub, err := r.nc.ChanSubscribe(r.subj.shardCalls(s), r.inbox)
 	if err != nil {
+		r.mu.Unlock()
 		_ = r.rt.ClosePartition(context.Background(), r.partition(s), nil)
 		return fmt.Errorf("subscribe shard %s: %w", s, err)
 	}
 	r.shards[s] = sub
+	persist := r.persist
+	r.mu.Unlock()
+	if persist != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.CallTimeout)
+		sc, err := r.startPersisted(ctx, s)
+		cancel()
+		if err != nil {
+			_ = r.stopShard(context.Background(), s, actor.ErrNotServing)
+			return err
+		}
+		r.mu.Lock()
+		r.consumers[s] = sc
+		r.mu.Unlock()
+	}
 	for _, sg := range r.singletonsOf(s) {
 		sg.start(r)
 	}
@@ -224,12 +270,21 @@ func (r *Runner) stopShard(ctx context.Context, s ShardID, abort error) error {
 	r.mu.Lock()
 	sub, ok := r.shards[s]
 	delete(r.shards, s)
+	sc := r.consumers[s]
+	delete(r.consumers, s)
 	r.mu.Unlock()
 	if !ok {
 		return nil
 	}
 	for _, sg := range r.singletonsOf(s) {
 		sg.stop(r.cfg.EntityTerminationTimeout)
+	}
+	if sc != nil {
+		// No new persisted message; those already in mailboxes finish (or,
+		// when fencing, fail with abort and stay unacknowledged for the
+		// shard's next owner).
+		sc.stop()
+		defer sc.wait(ctx)
 	}
 	// Drain, not Unsubscribe: a call the server routed here just before the
 	// unsubscription must still reach the dispatcher (and get an answer, if
@@ -310,7 +365,17 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 		served = append(served, s)
 		delete(r.shards, s)
 	}
+	consumers := r.consumers
+	r.consumers = map[ShardID]*shardConsumer{}
 	r.mu.Unlock()
+	for _, sc := range consumers {
+		sc.stop()
+	}
+	defer func() {
+		for _, sc := range consumers {
+			sc.wait(ctx)
+		}
+	}()
 	for _, s := range served {
 		for _, sg := range r.singletonsOf(s) {
 			sg.stop(r.cfg.EntityTerminationTimeout)

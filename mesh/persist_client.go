@@ -1,0 +1,164 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natsmesh/natsmesh/actor"
+)
+
+// CallOption configures one Call or Send.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	msgID string
+}
+
+// MessageID gives a persisted message its id, an idempotency key: sending
+// the same id again stores it once (within the dedup window) and is answered
+// with the stored reply without running the handler again (within the reply
+// retention). Without it a unique id is generated. Volatile RPCs ignore it.
+func MessageID(id string) CallOption { return func(o *callOptions) { o.msgID = id } }
+
+func applyCallOptions(opts []CallOption) callOptions {
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// persistence returns the client's view of the persisted-message stream and
+// reply bucket, opening (or creating) them on first use.
+func (c *Client) persistence(ctx context.Context) (*persistence, error) {
+	c.persistMu.Lock()
+	defer c.persistMu.Unlock()
+	if c.persist != nil {
+		return c.persist, nil
+	}
+	p, err := openPersistence(ctx, c.nc, c.cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.persist = p
+	return p, nil
+}
+
+// publishPersisted stores a persisted message in the stream and returns its
+// id and whether the stream already had it (a duplicate).
+func (c *Client) publishPersisted(ctx context.Context, info actor.RPCInfo, id string, payload []byte, o callOptions, replyTo string) (string, bool, error) {
+	p, err := c.persistence(ctx)
+	if err != nil {
+		return "", false, err
+	}
+	if err := actor.ValidateID(id); err != nil {
+		return "", false, err
+	}
+	if max := c.nc.MaxPayload(); max > 0 && int64(len(payload)) > max {
+		return "", false, fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), max)
+	}
+	msgID := o.msgID
+	if msgID == "" {
+		msgID = nuid.Next()
+	}
+	entityType := info.Entity().Name()
+	m := &nats.Msg{Subject: c.subj.persist(c.Shard(entityType, id), entityType, info.Name()), Data: payload, Header: nats.Header{}}
+	setID(m.Header, id)
+	m.Header[HeaderCodec] = c.codecValue
+	m.Header[HeaderMsgID] = []string{msgID}
+	if replyTo != "" {
+		m.Header[HeaderReplyTo] = []string{replyTo}
+	}
+	ack, err := p.js.PublishMsg(ctx, m, natsjs.WithMsgID(msgID))
+	if err != nil {
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return "", false, fmt.Errorf("%w: %w", ErrPayloadTooLarge, err)
+		}
+		return "", false, fmt.Errorf("store persisted message: %w", err)
+	}
+	return msgID, ack.Duplicate, nil
+}
+
+// callPersisted stores a persisted message and waits for its reply.
+func (c *Client) callPersisted(ctx context.Context, info actor.RPCInfo, id string, payload []byte, o callOptions) (*nats.Msg, error) {
+	inbox := c.nc.NewInbox()
+	replies := make(chan *nats.Msg, 1)
+	sub, err := c.nc.ChanSubscribe(inbox, replies)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	msgID, dup, err := c.publishPersisted(ctx, info, id, payload, o, inbox)
+	if err != nil {
+		return nil, err
+	}
+	if dup { // handled or queued under an earlier send: its reply went elsewhere
+		return c.awaitStored(ctx, msgID, nil)
+	}
+	return c.awaitStored(ctx, msgID, replies)
+}
+
+// awaitStored waits for the reply of msgID: on replies if given, and by
+// reading the reply bucket now and then (a reply published while nobody
+// listened is still stored).
+func (c *Client) awaitStored(ctx context.Context, msgID string, replies <-chan *nats.Msg) (*nats.Msg, error) {
+	p, err := c.persistence(ctx)
+	if err != nil {
+		return nil, err
+	}
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	wait := 50 * time.Millisecond
+	for {
+		select {
+		case m := <-replies:
+			return m, nil
+		case <-poll.C:
+			e, err := p.replies.Get(ctx, replyKey(msgID))
+			if err == nil {
+				_, code, body, derr := decodeStored(e.Value())
+				if derr != nil {
+					return nil, fmt.Errorf("%w: stored reply of %s: %w", actor.ErrMalformed, msgID, derr)
+				}
+				m := &nats.Msg{Data: body, Header: nats.Header{HeaderMsgID: []string{msgID}}}
+				if code != "" {
+					m.Header[HeaderError] = []string{code}
+				}
+				return m, nil
+			}
+			if !errors.Is(err, natsjs.ErrKeyNotFound) && ctx.Err() == nil {
+				return nil, err
+			}
+			wait = min(wait*2, time.Second)
+			poll.Reset(wait)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("persisted message %s: %w (it is stored and will be handled; its reply can be fetched with Reply)", msgID, ctx.Err())
+		}
+	}
+}
+
+// Reply waits for the reply of the persisted message msgID sent to rpc (by
+// this or another process, before a restart say): the re-attach of a caller
+// that lost its connection. It returns the stored reply at once if there is
+// one. Replies are kept for Config.PersistReplyRetention.
+func Reply[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp], msgID string) (Resp, error) {
+	var zero Resp
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	m, err := c.awaitStored(ctx, msgID, nil)
+	if err != nil {
+		return zero, err
+	}
+	return decodeReply[Resp](rpc.Info(), c.replyCodec(m), m)
+}
+
+// replyCodec is the codec of a reply: the client's own (runners answer in
+// the codec they were asked in).
+func (c *Client) replyCodec(*nats.Msg) Codec { return c.codec }
+

@@ -1,0 +1,232 @@
+package mesh_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/mesh"
+)
+
+var (
+	Ledger  = actor.NewEntity("Ledger")
+	Post    = actor.NewRPC[int, int](Ledger, "Post", actor.Persisted())
+	Entries = actor.NewRPC[actor.Empty, []int](Ledger, "Entries")
+	Shaky   = actor.NewRPC[int, string](Ledger, "Shaky", actor.Persisted())
+	Gate    = actor.NewRPC[int, int](Ledger, "Gate", actor.Persisted())
+)
+
+// ledgerLog is shared by every activation and runner in a test, so handler
+// runs are counted across crashes.
+type ledgerLog struct {
+	mu      sync.Mutex
+	posts   map[string][]int // entity -> values in handling order
+	runs    atomic.Int64     // Post handler runs
+	shaky   atomic.Int64     // Shaky handler runs
+	gate    chan struct{}    // Gate waits on it
+	entered chan int
+}
+
+func newLedgerLog() *ledgerLog {
+	return &ledgerLog{posts: map[string][]int{}, gate: make(chan struct{}), entered: make(chan int, 100)}
+}
+
+func (l *ledgerLog) values(id string) []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]int(nil), l.posts[id]...)
+}
+
+func ledgerBehavior(l *ledgerLog) *actor.Behavior {
+	return actor.Implement(Ledger, func(self *actor.Instance) ([]actor.Handler, error) {
+		id := self.Address().ID
+		return []actor.Handler{
+			actor.Handle(Post, func(_ context.Context, v int) (int, error) {
+				l.runs.Add(1)
+				l.mu.Lock()
+				l.posts[id] = append(l.posts[id], v)
+				n := len(l.posts[id])
+				l.mu.Unlock()
+				return n, nil
+			}),
+			actor.Handle(Entries, func(context.Context, actor.Empty) ([]int, error) { return l.values(id), nil }),
+			actor.Handle(Shaky, func(_ context.Context, failures int) (string, error) {
+				if int(l.shaky.Add(1)) <= failures {
+					panic("not yet")
+				}
+				return "ok", nil
+			}),
+			actor.Handle(Gate, func(_ context.Context, v int) (int, error) {
+				l.entered <- v
+				<-l.gate
+				return v, nil
+			}),
+		}, nil
+	})
+}
+
+func persistConfig() mesh.Config {
+	cfg := testConfig() // standalone, 16 shards
+	cfg.PersistMaxAttempts = 3
+	cfg.PersistRetryBackoff = 10 * time.Millisecond
+	cfg.PersistRetryBackoffMax = 50 * time.Millisecond
+	return cfg
+}
+
+func TestPersistedCallSendReply(t *testing.T) {
+	s := natstest.StartServer(t)
+	l := newLedgerLog()
+	startRunner(t, s.ClientURL(), persistConfig(), ledgerBehavior(l))
+	c, _ := newClient(t, s.ClientURL(), persistConfig())
+	ctx := context.Background()
+	if n, err := mesh.Call(ctx, c, Post, "acct", 10); err != nil || n != 1 {
+		t.Fatalf("Call = %d, %v", n, err)
+	}
+	if err := mesh.Send(ctx, c, Post, "acct", 20, mesh.MessageID("order-20")); err != nil {
+		t.Fatal(err)
+	}
+	// Re-attach by id, as a restarted caller would.
+	if n, err := mesh.Reply(ctx, c, Post, "order-20"); err != nil || n != 2 {
+		t.Fatalf("Reply = %d, %v", n, err)
+	}
+	// The same id again: stored once, answered from the stored reply.
+	if n, err := mesh.Call(ctx, c, Post, "acct", 20, mesh.MessageID("order-20")); err != nil || n != 2 {
+		t.Fatalf("duplicate Call = %d, %v", n, err)
+	}
+	if got := l.values("acct"); fmt.Sprint(got) != "[10 20]" {
+		t.Fatalf("handled %v, want [10 20]", got)
+	}
+	// JSON callers share ids and replies with msgpack ones.
+	jcfg := persistConfig()
+	jcfg.Codec = mesh.CodecJSON
+	jc, _ := newClient(t, s.ClientURL(), jcfg)
+	if n, err := mesh.Call(ctx, jc, Post, "acct", 30, mesh.MessageID("id with spaces/and:odd*chars")); err != nil || n != 3 {
+		t.Fatalf("JSON Call = %d, %v", n, err)
+	}
+	if n, err := mesh.Reply(ctx, jc, Post, "id with spaces/and:odd*chars"); err != nil || n != 3 {
+		t.Fatalf("JSON Reply = %d, %v", n, err)
+	}
+}
+
+// Persisted messages to one entity are handled in the order stored.
+func TestPersistedOrder(t *testing.T) {
+	s := natstest.StartServer(t)
+	l := newLedgerLog()
+	startRunner(t, s.ClientURL(), persistConfig(), ledgerBehavior(l))
+	c, _ := newClient(t, s.ClientURL(), persistConfig())
+	ctx := context.Background()
+	const n = 200
+	for i := range n {
+		if err := mesh.Send(ctx, c, Post, fmt.Sprint("e", i%3), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	natstest.WaitFor(t, 20*time.Second, func() bool { return l.runs.Load() == n }, "all persisted messages handled")
+	for e := range 3 {
+		got := l.values(fmt.Sprint("e", e))
+		for i := 1; i < len(got); i++ {
+			if got[i] < got[i-1] {
+				t.Fatalf("entity e%d handled %v out of order", e, got)
+			}
+		}
+	}
+}
+
+// A handler that panics is retried; one that keeps panicking is
+// dead-lettered with an error reply, and its entity's later messages go on.
+func TestPersistedRetryAndDeadLetter(t *testing.T) {
+	s := natstest.StartServer(t)
+	l := newLedgerLog()
+	startRunner(t, s.ClientURL(), persistConfig(), ledgerBehavior(l))
+	c, nc := newClient(t, s.ClientURL(), persistConfig())
+	ctx := context.Background()
+	if got, err := mesh.Call(ctx, c, Shaky, "x", 2); err != nil || got != "ok" {
+		t.Fatalf("Shaky(2) = %q, %v; want ok after two retries", got, err)
+	}
+	if runs := l.shaky.Load(); runs != 3 {
+		t.Fatalf("Shaky ran %d times, want 3", runs)
+	}
+	l.shaky.Store(0)
+	_, err := mesh.Call(ctx, c, Shaky, "x", 100)
+	if !errors.Is(err, actor.ErrDefect) {
+		t.Fatalf("Shaky(100) = %v, want a defect after the attempts", err)
+	}
+	if runs := l.shaky.Load(); runs != 3 {
+		t.Fatalf("Shaky ran %d times, want PersistMaxAttempts = 3", runs)
+	}
+	if n, err := mesh.Call(ctx, c, Post, "x", 1); err != nil || n != 1 {
+		t.Fatalf("next message to the entity = %d, %v", n, err)
+	}
+	// The dead letter is in its stream, with the reason.
+	js, _ := nc.JetStream()
+	m, err := js.GetLastMsg("mesh_deadletters", "mesh.v1.dead.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get(mesh.HeaderDeadCode) != mesh.CodeDefect || m.Header.Get(mesh.HeaderAttempts) != "3" {
+		t.Fatalf("dead letter headers %v", m.Header)
+	}
+}
+
+// A persisted message stored before its runner died is handled by the next
+// runner (forward recovery), in order, and a message whose reply was stored
+// is not handled twice.
+func TestPersistedForwardRecovery(t *testing.T) {
+	s := natstest.StartServer(t)
+	l := newLedgerLog()
+	cfg := persistConfig()
+
+	// The first runner, on a connection we will sever (a crash: no
+	// graceful shutdown, nothing acknowledged after it).
+	nc1, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, err := mesh.NewRunner(nc1, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Register(ledgerBehavior(l)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := newClient(t, s.ClientURL(), cfg)
+	ctx := context.Background()
+	if err := mesh.Send(ctx, c, Post, "acct", 1); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 10*time.Second, func() bool { return l.runs.Load() == 1 }, "first message handled")
+	// Block the entity, queue more behind it, then crash the runner.
+	if err := mesh.Send(ctx, c, Gate, "acct", 0); err != nil {
+		t.Fatal(err)
+	}
+	<-l.entered
+	for i := 2; i <= 5; i++ {
+		if err := mesh.Send(ctx, c, Post, "acct", i, mesh.MessageID(fmt.Sprint("post-", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc1.Close()
+	close(l.gate) // the old activation's handler returns into a dead connection
+	t.Cleanup(func() { _ = r1.Shutdown(context.Background()) })
+
+	startRunner(t, s.ClientURL(), cfg, ledgerBehavior(l))
+	for i := 2; i <= 5; i++ {
+		if n, err := mesh.Reply(ctx, c, Post, fmt.Sprint("post-", i)); err != nil || n != i {
+			t.Fatalf("reply of post-%d = %d, %v", i, n, err)
+		}
+	}
+	if got := l.values("acct"); fmt.Sprint(got) != "[1 2 3 4 5]" {
+		t.Fatalf("handled %v, want [1 2 3 4 5] exactly once each", got)
+	}
+}
