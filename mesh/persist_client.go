@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nuid"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/natsmesh/natsmesh/actor"
 )
@@ -161,4 +161,3 @@ func Reply[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Res
 // replyCodec is the codec of a reply: the client's own (runners answer in
 // the codec they were asked in).
 func (c *Client) replyCodec(*nats.Msg) Codec { return c.codec }
-
