@@ -38,6 +38,9 @@ const (
 	HeaderDeadCode    = "Mesh-Dead-Code"
 	HeaderDeadSubject = "Mesh-Dead-Subject"
 	HeaderAttempts    = "Mesh-Attempts"
+	// HeaderDeliverAt, on a persisted message, is the earliest time it may
+	// be handled (RFC 3339 with nanoseconds).
+	HeaderDeliverAt = "Mesh-Deliver-At"
 )
 
 func (s subjects) persist(shard ShardID, entityType, rpc string) string {
@@ -54,6 +57,12 @@ func (s subjects) parsePersist(subject string) (shard ShardID, entityType, rpc s
 		return ShardID{}, "", "", false
 	}
 	return s.parseCall(s.prefix + "." + ProtocolVersion + ".call." + rest)
+}
+
+// schedule is the subject of a persisted message's delivery schedule
+// (one schedule per subject, so per message id).
+func (s subjects) schedule(msgID string) string {
+	return s.prefix + "." + ProtocolVersion + ".sched." + base64.RawURLEncoding.EncodeToString([]byte(msgID))
 }
 
 func (s subjects) dead(shard ShardID) string {
@@ -84,11 +93,17 @@ func openPersistence(ctx context.Context, nc *nats.Conn, cfg Config) (*persisten
 		p.stream, err = js.CreateOrUpdateStream(ctx, natsjs.StreamConfig{
 			Name:        name,
 			Description: "natsmesh persisted messages, one durable consumer per shard",
-			Subjects:    []string{cfg.Prefix + "." + ProtocolVersion + ".persist.>"},
-			Retention:   natsjs.WorkQueuePolicy,
-			Storage:     natsjs.FileStorage,
-			Replicas:    cfg.StorageReplicas,
-			Duplicates:  cfg.PersistDedupWindow,
+			Subjects: []string{
+				cfg.Prefix + "." + ProtocolVersion + ".persist.>",
+				cfg.Prefix + "." + ProtocolVersion + ".sched.>",
+			},
+			Retention:  natsjs.WorkQueuePolicy,
+			Storage:    natsjs.FileStorage,
+			Replicas:   cfg.StorageReplicas,
+			Duplicates: cfg.PersistDedupWindow,
+			// DeliverAt: the server publishes a scheduled message to its
+			// shard's subject at its time (nats-server 2.12+).
+			AllowMsgSchedules: true,
 		})
 		return err
 	}); err != nil {
@@ -204,6 +219,7 @@ type pmsg struct {
 	replyTo    string
 	attempts   int
 	deadReason error
+	deliverAt  time.Time
 }
 
 // startPersisted starts consuming shard s. A consumer left with
@@ -269,6 +285,11 @@ func (sc *shardConsumer) onMsg(m natsjs.Msg) {
 	pm := &pmsg{m: m, seq: meta.Sequence.Stream, attempts: int(meta.NumDelivered) - 1}
 	r := sc.r
 	h := m.Headers()
+	if v := h.Get(HeaderDeliverAt); v != "" {
+		if at, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			pm.deliverAt = at
+		}
+	}
 	shard, entityType, rpc, ok := r.subj.parsePersist(m.Subject())
 	codec, cerr := CodecByName(h.Get(HeaderCodec))
 	id, iderr := getID(h)
@@ -318,6 +339,23 @@ func (sc *shardConsumer) process(pm *pmsg) {
 	r := sc.r
 	if pm.deadReason != nil {
 		sc.deadLetter(pm, pm.deadReason)
+		return
+	}
+	// Schedules fire on whole seconds and may be early: hold the message
+	// (and its entity's later ones) until its time.
+	if wait := time.Until(pm.deliverAt); wait > 0 {
+		_ = pm.m.InProgress()
+		sc.wg.Add(1)
+		time.AfterFunc(wait, func() {
+			sc.mu.Lock()
+			stopped := sc.stopped
+			sc.mu.Unlock()
+			if stopped {
+				sc.wg.Done()
+				return
+			}
+			sc.process(pm)
+		})
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.CallTimeout)

@@ -17,8 +17,14 @@ import (
 type CallOption func(*callOptions)
 
 type callOptions struct {
-	msgID string
+	msgID     string
+	deliverAt time.Time
 }
+
+// DeliverAt delays a persisted message: it is stored now and handled no
+// earlier than t (a restart of every runner in between delays it no more
+// than the restart). Volatile RPCs ignore it.
+func DeliverAt(t time.Time) CallOption { return func(o *callOptions) { o.deliverAt = t } }
 
 // MessageID gives a persisted message its id, an idempotency key: sending
 // the same id again stores it once (within the dedup window) and is answered
@@ -68,12 +74,27 @@ func (c *Client) publishPersisted(ctx context.Context, info actor.RPCInfo, id st
 		msgID = nuid.Next()
 	}
 	entityType := info.Entity().Name()
-	m := &nats.Msg{Subject: c.subj.persist(c.Shard(entityType, id), entityType, info.Name()), Data: payload, Header: nats.Header{}}
+	target := c.subj.persist(c.Shard(entityType, id), entityType, info.Name())
+	m := &nats.Msg{Subject: target, Data: payload, Header: nats.Header{}}
 	setID(m.Header, id)
 	m.Header[HeaderCodec] = c.codecValue
 	m.Header[HeaderMsgID] = []string{msgID}
 	if replyTo != "" {
 		m.Header[HeaderReplyTo] = []string{replyTo}
+	}
+	if !o.deliverAt.IsZero() && time.Until(o.deliverAt) > 0 {
+		// A schedule in the stream: the server publishes the message to
+		// its shard's subject at the next whole second at or after the
+		// time (schedules have second resolution); the runner holds it
+		// until the exact time.
+		fire := o.deliverAt.UTC().Truncate(time.Second)
+		if fire.Before(o.deliverAt) {
+			fire = fire.Add(time.Second)
+		}
+		m.Subject = c.subj.schedule(msgID)
+		m.Header["Nats-Schedule"] = []string{"@at " + fire.Format(time.RFC3339)}
+		m.Header["Nats-Schedule-Target"] = []string{target}
+		m.Header[HeaderDeliverAt] = []string{o.deliverAt.UTC().Format(time.RFC3339Nano)}
 	}
 	ack, err := p.js.PublishMsg(ctx, m, natsjs.WithMsgID(msgID))
 	if err != nil {

@@ -28,15 +28,16 @@ var (
 // runs are counted across crashes.
 type ledgerLog struct {
 	mu      sync.Mutex
-	posts   map[string][]int // entity -> values in handling order
-	runs    atomic.Int64     // Post handler runs
-	shaky   atomic.Int64     // Shaky handler runs
-	gate    chan struct{}    // Gate waits on it
+	posts   map[string][]int     // entity -> values in handling order
+	when    map[string]time.Time // entity -> time of its last Post
+	runs    atomic.Int64         // Post handler runs
+	shaky   atomic.Int64         // Shaky handler runs
+	gate    chan struct{}        // Gate waits on it
 	entered chan int
 }
 
 func newLedgerLog() *ledgerLog {
-	return &ledgerLog{posts: map[string][]int{}, gate: make(chan struct{}), entered: make(chan int, 100)}
+	return &ledgerLog{posts: map[string][]int{}, when: map[string]time.Time{}, gate: make(chan struct{}), entered: make(chan int, 100)}
 }
 
 func (l *ledgerLog) values(id string) []int {
@@ -53,6 +54,7 @@ func ledgerBehavior(l *ledgerLog) *actor.Behavior {
 				l.runs.Add(1)
 				l.mu.Lock()
 				l.posts[id] = append(l.posts[id], v)
+				l.when[id] = time.Now()
 				n := len(l.posts[id])
 				l.mu.Unlock()
 				return n, nil
@@ -228,5 +230,57 @@ func TestPersistedForwardRecovery(t *testing.T) {
 	}
 	if got := l.values("acct"); fmt.Sprint(got) != "[1 2 3 4 5]" {
 		t.Fatalf("handled %v, want [1 2 3 4 5] exactly once each", got)
+	}
+}
+
+// DeliverAt holds a message until its time, across a runner restart.
+func TestPersistedDeliverAt(t *testing.T) {
+	s := natstest.StartServer(t)
+	l := newLedgerLog()
+	cfg := persistConfig()
+	nc1, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc1.Close()
+	r1, err := mesh.NewRunner(nc1, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Register(ledgerBehavior(l)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := newClient(t, s.ClientURL(), cfg)
+	ctx := context.Background()
+	at := time.Now().Add(1500 * time.Millisecond)
+	if err := mesh.Send(ctx, c, Post, "later", 7, mesh.MessageID("later-7"), mesh.DeliverAt(at)); err != nil {
+		t.Fatal(err)
+	}
+	if err := mesh.Send(ctx, c, Post, "now", 1); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 10*time.Second, func() bool { return len(l.values("now")) == 1 }, "the undelayed message")
+	if got := l.values("later"); len(got) != 0 {
+		t.Fatalf("delayed message handled early: %v", got)
+	}
+	// Restart the runner while the message waits.
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := r1.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	startRunner(t, s.ClientURL(), cfg, ledgerBehavior(l))
+	n, err := mesh.Reply(ctx, c, Post, "later-7")
+	if err != nil || n != 1 {
+		t.Fatalf("Reply = %d, %v", n, err)
+	}
+	l.mu.Lock()
+	handled := l.when["later"]
+	l.mu.Unlock()
+	if handled.Before(at) {
+		t.Fatalf("handled %v before its time", at.Sub(handled))
 	}
 }
