@@ -284,3 +284,74 @@ func TestPersistedDeliverAt(t *testing.T) {
 		t.Fatalf("handled %v before its time", at.Sub(handled))
 	}
 }
+
+// Dead letters can be listed and re-driven once the cause is fixed.
+func TestDeadLetterRedrive(t *testing.T) {
+	s := natstest.StartServer(t)
+	l := newLedgerLog()
+	cfg := persistConfig()
+	startRunner(t, s.ClientURL(), cfg, ledgerBehavior(l))
+	c, nc := newClient(t, s.ClientURL(), cfg)
+	ctx := context.Background()
+	if _, err := mesh.Call(ctx, c, Shaky, "d", 5, mesh.MessageID("shaky-5")); !errors.Is(err, actor.ErrDefect) {
+		t.Fatalf("Shaky(5) = %v, want a defect", err)
+	}
+	dls, err := mesh.DeadLetters(ctx, nc, cfg, 0, 10)
+	if err != nil || len(dls) != 1 {
+		t.Fatalf("DeadLetters = %+v, %v", dls, err)
+	}
+	dl := dls[0]
+	if dl.MsgID != "shaky-5" || dl.EntityType != "Ledger" || dl.EntityID != "d" || dl.RPC != "Shaky" || dl.Code != mesh.CodeDefect || dl.Attempts != 3 {
+		t.Fatalf("dead letter = %+v", dl)
+	}
+	// Two more failures happen on re-drive, then it succeeds (the 6th run).
+	if err := mesh.Redrive(ctx, nc, cfg, dl.Seq); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := mesh.Reply(ctx, c, Shaky, "shaky-5"); err != nil || got != "ok" {
+		t.Fatalf("after re-drive: %q, %v", got, err)
+	}
+	if dls, err := mesh.DeadLetters(ctx, nc, cfg, 0, 10); err != nil || len(dls) != 0 {
+		t.Fatalf("dead letters after re-drive: %+v, %v", dls, err)
+	}
+}
+
+// Bad input to persisted subjects is dead-lettered, never retried forever.
+func TestPersistedBadInput(t *testing.T) {
+	s := natstest.StartServer(t)
+	cfg := persistConfig()
+	startRunner(t, s.ClientURL(), cfg, ledgerBehavior(newLedgerLog()))
+	c, nc := newClient(t, s.ClientURL(), cfg)
+	ctx := context.Background()
+	if _, err := mesh.Call(ctx, c, Post, "warm", 1); err != nil { // creates the stream
+		t.Fatal(err)
+	}
+	js, _ := nc.JetStream()
+	shard := mesh.ShardOf("bad", cfg.ShardsPerGroup)
+	pub := func(subject string, hdr nats.Header, data string) {
+		t.Helper()
+		m := &nats.Msg{Subject: subject, Header: hdr, Data: []byte(data)}
+		if _, err := js.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	subj := fmt.Sprintf("mesh.v1.persist.default.%d.Ledger.", shard)
+	pub(subj+"Post", nats.Header{"Mesh-Id": {"bad"}, "Mesh-Msg-Id": {"m1"}}, "{not json")
+	pub(subj+"Nope", nats.Header{"Mesh-Id": {"bad"}, "Mesh-Msg-Id": {"m2"}}, "1")
+	pub(subj+"Post", nats.Header{"Mesh-Msg-Id": {"m3"}}, "1")
+	pub(subj+"Post", nats.Header{"Mesh-Id": {"bad"}, "Mesh-Msg-Id": {"m4"}, "Mesh-Codec": {"xml"}}, "1")
+	want := map[string]string{"m1": mesh.CodeMalformed, "m2": mesh.CodeUnknownRPC, "m3": mesh.CodeBadRequest, "m4": mesh.CodeBadRequest}
+	var dls []mesh.DeadLetter
+	natstest.WaitFor(t, 10*time.Second, func() bool {
+		dls, _ = mesh.DeadLetters(ctx, nc, cfg, 0, 10)
+		return len(dls) == len(want)
+	}, "four dead letters")
+	for _, dl := range dls {
+		if want[dl.MsgID] != dl.Code {
+			t.Fatalf("dead letter %s has code %s, want %s (%s)", dl.MsgID, dl.Code, want[dl.MsgID], dl.Reason)
+		}
+	}
+	if n, err := mesh.Call(ctx, c, Post, "bad", 5); err != nil || n != 1 {
+		t.Fatalf("entity after bad input = %d, %v", n, err)
+	}
+}

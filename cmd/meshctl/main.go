@@ -4,6 +4,8 @@
 //	meshctl shards                       every shard: assigned runner, lease holder, lease revision
 //	meshctl singletons                   where each singleton runs
 //	meshctl call TYPE ID RPC [JSON]      call an entity (route subject, JSON payload)
+//	meshctl deadletters                  persisted messages that could not be handled
+//	meshctl deadletters redrive SEQ      send dead letter SEQ again (after fixing its cause)
 //
 // Output is a table, or JSON with -o json. Connection flags as for the
 // other binaries (-nats, -creds, ... or NATS_URL, NATS_CREDS, ...).
@@ -18,6 +20,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -38,7 +41,7 @@ func main() {
 	}
 }
 
-const usage = `usage: meshctl [flags] status | shards | singletons | call TYPE ID RPC [JSON]`
+const usage = `usage: meshctl [flags] status | shards | singletons | call TYPE ID RPC [JSON] | deadletters [redrive SEQ]`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("meshctl", flag.ContinueOnError)
@@ -98,6 +101,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			payload = rest[4]
 		}
 		return call(ctx, nc, cfg, stdout, rest[1], rest[2], rest[3], payload, *output)
+	case "deadletters":
+		switch {
+		case len(rest) == 1:
+			dls, err := mesh.DeadLetters(ctx, nc, cfg, 0, 1000)
+			if err != nil {
+				return err
+			}
+			if *output == "json" {
+				enc := json.NewEncoder(stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(dls)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SEQ\tTIME\tENTITY\tRPC\tMSG ID\tCODE\tATTEMPTS\tREASON")
+			for _, d := range dls {
+				fmt.Fprintf(tw, "%d\t%s\t%s/%s\t%s\t%s\t%s\t%d\t%s\n", d.Seq, d.Time.Format(time.RFC3339), d.EntityType, d.EntityID, d.RPC, d.MsgID, d.Code, d.Attempts, d.Reason)
+			}
+			return tw.Flush()
+		case len(rest) == 3 && rest[1] == "redrive":
+			seq, err := strconv.ParseUint(rest[2], 10, 64)
+			if err != nil {
+				return fmt.Errorf("redrive %q: want a sequence number", rest[2])
+			}
+			if err := mesh.Redrive(ctx, nc, cfg, seq); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "re-driven dead letter %d\n", seq)
+			return nil
+		}
+		return errors.New(usage)
 	default:
 		return fmt.Errorf("unknown command %q\n%s", cmd, usage)
 	}

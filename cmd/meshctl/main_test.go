@@ -81,6 +81,13 @@ func TestMeshctl(t *testing.T) {
 	if _, err = meshctl("call", "Counter", "a", "Withdraw", `{"amount":9}`); err == nil || !strings.Contains(err.Error(), "Failure") {
 		t.Fatalf("failing call: %v", err)
 	}
+	out, err = meshctl("deadletters")
+	if err != nil || !strings.Contains(out, "SEQ") {
+		t.Fatalf("deadletters: %v\n%s", err, out)
+	}
+	if _, err = meshctl("deadletters", "redrive", "x"); err == nil {
+		t.Fatal("redrive of a non-number accepted")
+	}
 	if _, err = meshctl("nope"); err == nil {
 		t.Fatal("unknown command accepted")
 	}
