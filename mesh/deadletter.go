@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nuid"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
 // DeadLetter is a persisted message that could not be handled, as stored in
@@ -47,7 +47,7 @@ func DeadLetters(ctx context.Context, nc *nats.Conn, cfg Config, from uint64, li
 	}
 	subj := subjects{prefix: cfg.Prefix}
 	var out []DeadLetter
-	for seq := max(from, info.State.FirstSeq); seq <= info.State.LastSeq && len(out) < limit; seq++ {
+	for seq := max(from, info.State.FirstSeq, 1); seq <= info.State.LastSeq && len(out) < limit; seq++ {
 		m, err := p.dead.GetMsg(ctx, seq)
 		if errors.Is(err, natsjs.ErrMsgNotFound) {
 			continue // re-driven or purged
