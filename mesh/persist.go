@@ -236,7 +236,7 @@ func (r *Runner) startPersisted(ctx context.Context, s ShardID) (*shardConsumer,
 			}
 		}
 	}
-	cons, err := p.stream.CreateOrUpdateConsumer(ctx, natsjs.ConsumerConfig{
+	ccfg := natsjs.ConsumerConfig{
 		Durable:       name,
 		Description:   "natsmesh shard " + s.String(),
 		FilterSubject: r.subj.persistShard(s),
@@ -244,7 +244,22 @@ func (r *Runner) startPersisted(ctx context.Context, s ShardID) (*shardConsumer,
 		AckWait:       30 * time.Second,
 		MaxAckPending: r.cfg.PersistMaxInFlight,
 		DeliverPolicy: natsjs.DeliverAllPolicy,
-	})
+		// The consumer's state (what is acknowledged) in memory: writing it
+		// to a file per shard consumer cost a fifth of the server's CPU. If
+		// a server restart loses it, the stream still holds exactly the
+		// unacknowledged messages (a work queue) and the reply store
+		// answers any that were handled.
+		MemoryStorage: true,
+	}
+	cons, err := p.stream.CreateOrUpdateConsumer(ctx, ccfg)
+	var apiErr *natsjs.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == natsjs.ErrorCode(10012) {
+		// A consumer from another version with settings that cannot be
+		// updated in place: replace it (the stream keeps the messages).
+		if err = p.stream.DeleteConsumer(ctx, name); err == nil {
+			cons, err = p.stream.CreateOrUpdateConsumer(ctx, ccfg)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", name, err)
 	}

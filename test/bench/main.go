@@ -20,6 +20,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/mesh"
@@ -41,13 +43,18 @@ var (
 	Counter   = actor.NewEntity("Counter")
 	Increment = actor.NewRPC[Amount, int](Counter, "Increment")
 	EchoDoc   = actor.NewRPC[Doc, Doc](Counter, "EchoDoc")
+	// Deposit is Increment, persisted.
+	Deposit = actor.NewRPC[Amount, int](Counter, "Deposit", actor.Persisted())
 )
+
+var deposits atomic.Int64
 
 var behavior = actor.Implement(Counter, func(*actor.Instance) ([]actor.Handler, error) {
 	n := 0
 	return []actor.Handler{
 		actor.Handle(Increment, func(_ context.Context, a Amount) (int, error) { n += a.Amount; return n, nil }),
 		actor.Handle(EchoDoc, func(_ context.Context, d Doc) (Doc, error) { return d, nil }),
+		actor.Handle(Deposit, func(_ context.Context, a Amount) (int, error) { deposits.Add(1); n += a.Amount; return n, nil }),
 	}, nil
 })
 
@@ -55,12 +62,15 @@ var (
 	seqCalls = flag.Int("seq", 20000, "sequential calls per latency measurement")
 	duration = flag.Duration("duration", 3*time.Second, "duration of each throughput measurement")
 	cpuProf  = flag.String("cpuprofile", "", "write a CPU profile of the mesh throughput run")
-	only     = flag.String("only", "", "run one part: latency, throughput or codecs")
+	only     = flag.String("only", "", "run one part: persist")
 )
 
 func main() {
 	flag.Parse()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, JetStream: true, StoreDir: os.TempDir() + "/natsmesh-bench"})
+	dir, err := os.MkdirTemp("", "natsmesh-bench")
+	check(err)
+	defer os.RemoveAll(dir)
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, JetStream: true, StoreDir: dir})
 	check(err)
 	go s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {
@@ -151,9 +161,95 @@ func main() {
 		fmt.Printf("  %-8s encode %6.0f ns  decode %6.0f ns  call p50 %6.1f µs  p99 %6.1f µs\n",
 			c.name, enc, dec, us(l.p50), us(l.p99))
 	}
+	if *only == "" || *only == "persist" {
+		persisted(ctx, connect, client)
+	}
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	check(r.Shutdown(sctx))
+}
+
+// persisted compares persisted calls with raw JetStream in the same run.
+func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Client) {
+	nc := connect()
+	js, err := natsjs.New(nc)
+	check(err)
+	st, err := js.CreateStream(ctx, natsjs.StreamConfig{Name: "RAW", Subjects: []string{"raw.>"}, Retention: natsjs.WorkQueuePolicy, Storage: natsjs.FileStorage})
+	check(err)
+	cons, err := st.CreateConsumer(ctx, natsjs.ConsumerConfig{Durable: "raw", AckPolicy: natsjs.AckExplicitPolicy})
+	check(err)
+	payload, _ := mesh.Msgpack.Marshal(Amount{1})
+
+	// Sequential: store, consume, ack; one at a time.
+	raw := latency(func() error {
+		if _, err := js.Publish(ctx, "raw.seq", payload, natsjs.WithMsgID(nuid.Next())); err != nil {
+			return err
+		}
+		b, err := cons.Fetch(1, natsjs.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return err
+		}
+		for m := range b.Messages() {
+			if err := m.DoubleAck(ctx); err != nil {
+				return err
+			}
+		}
+		return b.Error()
+	})
+	m := latency(func() error { _, err := mesh.Call(ctx, client, Deposit, "acct-1", Amount{1}); return err })
+	fmt.Println("\nPersisted calls, sequential (store, consume, handle, store reply, ack, answer)")
+	row("raw JetStream publish+fetch+ack", raw, raw)
+	row("mesh.Call (persisted)", m, raw)
+	fmt.Printf("  ratio calls/s mesh/raw: %.2fx (target >= 0.5x)\n", m.rate/raw.rate)
+
+	// Pipelined: 256 senders; count until every message is handled.
+	const n = 50000
+	var consumed atomic.Int64
+	cc, err := cons.Consume(func(m natsjs.Msg) { _ = m.Ack(); consumed.Add(1) })
+	check(err)
+	start := time.Now()
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range 256 {
+		wg.Go(func() {
+			for next.Add(1) <= n {
+				if _, err := js.Publish(ctx, "raw.pipe", payload, natsjs.WithMsgID(nuid.Next())); err != nil {
+					log.Fatal(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for consumed.Load() < n {
+		time.Sleep(time.Millisecond) // poll interval while the consumer catches up
+	}
+	rawRate := float64(n) / time.Since(start).Seconds()
+	cc.Stop()
+
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf + ".persist")
+		check(err)
+		check(pprof.StartCPUProfile(f))
+		defer pprof.StopCPUProfile()
+	}
+	base := deposits.Load()
+	start = time.Now()
+	next.Store(0)
+	for range 256 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= n; i = next.Add(1) {
+				check(mesh.Send(ctx, client, Deposit, "acct-"+strconv.Itoa(int(i%1000)), Amount{1}))
+			}
+		})
+	}
+	wg.Wait()
+	for deposits.Load() < base+n {
+		time.Sleep(time.Millisecond) // poll interval while the runner catches up
+	}
+	meshRate := float64(n) / time.Since(start).Seconds()
+	fmt.Println("Persisted sends, 256 senders over 1,000 entities, until all handled")
+	fmt.Printf("  %-34s %10.0f msgs/s\n", "raw JetStream publish + consume", rawRate)
+	fmt.Printf("  %-34s %10.0f msgs/s  (%.2fx raw, target >= 0.5x)\n", "mesh.Send (persisted)", meshRate, meshRate/rawRate)
 }
 
 type lat struct {
