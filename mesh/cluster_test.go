@@ -495,3 +495,107 @@ func TestClusterSingleton(t *testing.T) {
 		t.Fatal("two instances of the singleton ran at once")
 	}
 }
+
+// With no shard manager running, runners keep serving the shards they hold.
+func TestClusterNoManager(t *testing.T) {
+	c := newTestCluster(t, clusterConfig())
+	_, stop := c.manager()
+	c.runner("r1", 1, nil)
+	c.runner("r2", 1, nil)
+	c.waitBalanced(map[string]int{"r1": 12, "r2": 12})
+	stop()
+	client, _ := newClient(t, c.url, c.cfg)
+	// Longer than a lease period: leases are renewed without a manager.
+	deadline := time.Now().Add(3 * c.cfg.ShardLockExpiration)
+	for time.Now().Before(deadline) {
+		if _, err := mesh.Call(context.Background(), client, Increment, fmt.Sprint("n-", time.Now().UnixNano()%100), Amount{1}); err != nil {
+			t.Fatalf("call without a shard manager: %v", err)
+		}
+	}
+	c.waitBalanced(map[string]int{"r1": 12, "r2": 12})
+}
+
+// A singleton calls entities; when its runner crashes (its connection is
+// severed, nothing is released) it starts on the other runner once the
+// lease expires, never overlapping.
+func TestClusterSingletonCrash(t *testing.T) {
+	c := newTestCluster(t, clusterConfig())
+	var mu sync.Mutex
+	running := map[string]bool{}
+	var overlap atomic.Bool
+	var calls atomic.Int64
+	singleton := func(runner string, client func() *mesh.Client) func(context.Context) error {
+		return func(ctx context.Context) error {
+			mu.Lock()
+			if len(running) > 0 {
+				overlap.Store(true)
+			}
+			running[runner] = true
+			mu.Unlock()
+			defer func() {
+				mu.Lock()
+				delete(running, runner)
+				mu.Unlock()
+			}()
+			for ctx.Err() == nil { // a singleton that calls entities
+				cctx, cancel := context.WithTimeout(ctx, time.Second)
+				if _, err := mesh.Call(cctx, client(), Increment, "tally", Amount{1}); err == nil {
+					calls.Add(1)
+				}
+				cancel()
+			}
+			return nil
+		}
+	}
+	c.manager()
+	// r1 runs on a connection this test can sever.
+	nc1, err := nats.Connect(c.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg1 := c.cfg
+	cfg1.RunnerID = "r1"
+	var r1 *mesh.Runner
+	r1, err = mesh.NewRunner(nc1, cfg1, actor.WithObserver(runnerObserver{c.obs, "r1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Register(counterBehavior(newHooks())); err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.RegisterSingleton("tallier", singleton("r1", func() *mesh.Client { return r1.Client() })); err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r1.Shutdown(context.Background()) })
+	natstest.WaitFor(t, 10*time.Second, func() bool { return len(r1.Shards()) == 24 }, "r1 serving")
+	var r2 *mesh.Runner
+	r2 = c.runner("r2", 1, map[string]func(context.Context) error{"tallier": singleton("r2", func() *mesh.Client { return r2.Client() })})
+	natstest.WaitFor(t, 10*time.Second, func() bool { return len(r1.Shards()) == 12 && len(r2.Shards()) == 12 }, "balanced")
+	natstest.WaitFor(t, 10*time.Second, func() bool { return calls.Load() > 10 }, "the singleton calling entities")
+	mu.Lock()
+	host := ""
+	for r := range running {
+		host = r
+	}
+	mu.Unlock()
+	if host != "r1" {
+		// Make r1 the host: the crash must hit the singleton's runner.
+		t.Skipf("singleton landed on %s; this test crashes r1", host)
+	}
+	crashed := time.Now()
+	nc1.Close() // a crash: no hand-off, no release
+	natstest.WaitFor(t, 30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return running["r2"]
+	}, "the singleton restarted on r2")
+	t.Logf("SINGLETON crash: restarted on r2 after %v (lease TTL %v)", time.Since(crashed).Round(time.Millisecond), c.cfg.ShardLockExpiration)
+	before := calls.Load()
+	natstest.WaitFor(t, 10*time.Second, func() bool { return calls.Load() > before+10 }, "the singleton calling entities from r2")
+	if overlap.Load() {
+		t.Fatal("two instances of the singleton ran at once")
+	}
+}
