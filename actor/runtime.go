@@ -2,6 +2,7 @@ package actor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"slices"
@@ -423,7 +424,8 @@ func (rt *Runtime) sweep() {
 }
 
 // ClosePartition stops serving partition n: new messages to it fail with
-// ErrNotServing, and every entity in it is stopped. With abort nil, messages
+// ErrNotServing (or with abort, when abort wraps ErrNotServing), and every
+// entity in it is stopped. With abort nil, messages
 // already queued are handled first (a graceful hand-off); otherwise they fail
 // with abort at once (fencing: the caller no longer owns the partition). It
 // returns when every entity's finalizers have run, or ctx's error.
@@ -432,6 +434,22 @@ func (rt *Runtime) ClosePartition(ctx context.Context, n int, abort error) error
 		return fmt.Errorf("%w: partition %d of %d", ErrInvalidOption, n, len(rt.parts))
 	}
 	return rt.closeParts(ctx, rt.parts[n:n+1], ErrNotServing, StopPartitionClosed, abort)
+}
+
+// FencePartition makes partition n refuse new messages with err (which
+// should wrap ErrNotServing) at once, without waiting or stopping its
+// entities: the first, in-memory step of fencing a partition whose
+// ownership is lost. Follow it with ClosePartition. Messages already running
+// are not interrupted.
+func (rt *Runtime) FencePartition(n int, err error) error {
+	if n < 0 || n >= len(rt.parts) {
+		return fmt.Errorf("%w: partition %d of %d", ErrInvalidOption, n, len(rt.parts))
+	}
+	p := &rt.parts[n]
+	p.mu.Lock()
+	p.err = err
+	p.mu.Unlock()
+	return nil
 }
 
 // OpenPartition serves partition n again after ClosePartition. Entities that
@@ -451,6 +469,9 @@ func (rt *Runtime) OpenPartition(n int) error {
 }
 
 func (rt *Runtime) closeParts(ctx context.Context, parts []partition, closedErr error, reason StopReason, abort error) error {
+	if errors.Is(abort, ErrNotServing) {
+		closedErr = abort // a fenced partition keeps refusing with the fencing error
+	}
 	for _, in := range rt.beginClose(parts, closedErr, reason, abort) {
 		select {
 		case <-in.stopped:

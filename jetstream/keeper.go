@@ -101,6 +101,19 @@ func (k *Keeper) Release(ctx context.Context) error {
 func (k *Keeper) run(ctx context.Context) {
 	defer close(k.done)
 	defer k.lose(ErrStopped, nil) // no-op if already lost
+	// The watchdog closes Lost at the local validity deadline on its own
+	// timer: a renewal can block inside the client library (for example on
+	// the connection's lock while a partitioned socket's buffer is full),
+	// and fencing must not wait for it.
+	watchdog := time.AfterFunc(time.Until(k.Lease().expires), func() {
+		k.mu.Lock()
+		l := k.lease
+		k.mu.Unlock()
+		if !l.Valid(time.Now()) {
+			k.lose(fmt.Errorf("keep %s: %w", l.Key, ErrLeaseExpired), nil)
+		}
+	})
+	defer watchdog.Stop()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -138,8 +151,13 @@ func (k *Keeper) run(ctx context.Context) {
 			return
 		}
 		k.mu.Lock()
+		if k.err != nil { // the watchdog already declared it lost
+			k.mu.Unlock()
+			return
+		}
 		k.lease = nl
 		k.mu.Unlock()
+		watchdog.Reset(time.Until(nl.expires))
 	}
 }
 

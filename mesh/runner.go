@@ -276,33 +276,60 @@ func (r *Runner) stopShard(ctx context.Context, s ShardID, abort error) error {
 	if !ok {
 		return nil
 	}
+	if abort != nil {
+		// Fencing: stop processing first, in memory, before anything that
+		// needs the NATS connection, which may be unreachable or wedged.
+		// The fenced shard answers nothing from now on (errFenced): its
+		// subscription may linger on the server (a partition hides our
+		// unsubscription) while the new owner's receives the same calls, so
+		// a NotServing from here could make a caller retry a call the new
+		// owner ran. Its callers get the new owner's answer, or time out.
+		abort = fmt.Errorf("%w (%w)", errFenced, abort)
+		_ = r.rt.FencePartition(r.partition(s), abort)
+		for _, sg := range r.singletonsOf(s) {
+			sg.cancelNow()
+		}
+		err := r.rt.ClosePartition(ctx, r.partition(s), abort)
+		if sc != nil {
+			sc.stop()
+		}
+		// Unsubscribe, not drain: a drain started while the client is
+		// reconnecting leaves the subscription on the server.
+		if uerr := sub.Unsubscribe(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) && !errors.Is(uerr, nats.ErrBadSubscription) {
+			r.log.Warn("unsubscribe fenced shard", "shard", s.String(), "err", uerr)
+		}
+		return err
+	}
 	for _, sg := range r.singletonsOf(s) {
 		sg.stop(r.cfg.EntityTerminationTimeout)
 	}
 	if sc != nil {
-		// No new persisted message; those already in mailboxes finish (or,
-		// when fencing, fail with abort and stay unacknowledged for the
-		// shard's next owner).
+		// No new persisted message; those already in mailboxes finish.
 		sc.stop()
 		defer sc.wait(ctx)
 	}
+	if !r.nc.IsConnected() {
+		// Draining needs the server: without it, unsubscribe (the calls in
+		// flight are then lost to their callers' timeouts, as the connection
+		// itself is).
+		_ = sub.Unsubscribe()
+		return r.rt.ClosePartition(ctx, r.partition(s), nil)
+	}
 	// Drain, not Unsubscribe: a call the server routed here just before the
-	// unsubscription must still reach the dispatcher (and get an answer, if
-	// only NotServing) instead of being dropped by the client library, which
-	// would leave its caller waiting for the timeout.
+	// unsubscription must still reach the dispatcher (and get an answer)
+	// instead of being dropped by the client library, which would leave its
+	// caller waiting for the timeout.
 	if err := sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		r.log.Warn("drain shard subscription", "shard", s.String(), "err", err)
 	}
-	if abort == nil {
-		// Graceful: once the server has processed the unsubscription (flush)
-		// and the dispatcher has handed over everything received before it
-		// (barrier), every call that reached us is in a mailbox, where the
-		// partition's closing lets it finish.
-		if err := r.flush(ctx); err == nil {
-			r.barrier(ctx)
-		}
+	// Once the server has processed the unsubscription (flush) and the
+	// dispatcher has handed over everything received before it (barrier),
+	// every call that reached us is in a mailbox, where the partition's
+	// closing lets it finish.
+	if err := r.flush(ctx); err == nil {
+		r.barrier(ctx)
 	}
-	return r.rt.ClosePartition(ctx, r.partition(s), abort)
+	return r.rt.ClosePartition(ctx, r.partition(s), nil)
 }
 
 // barrier returns once the dispatcher has handled every message queued
@@ -523,6 +550,9 @@ func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 	}
 }
 
+// errFenced marks calls refused by a fenced shard: they are not answered.
+var errFenced = fmt.Errorf("%w: shard fenced", actor.ErrNotServing)
+
 // replier answers one unary call.
 type replier struct {
 	r      *Runner
@@ -539,6 +569,9 @@ func (p *replier) Chunk(context.Context, []byte) error {
 func (p *replier) Reply(payload []byte, err error) {
 	if p.cancel != nil {
 		p.cancel()
+	}
+	if errors.Is(err, errFenced) {
+		return // see stopShard: a fenced shard stays silent
 	}
 	if p.reply == "" {
 		if err != nil {
@@ -562,6 +595,9 @@ func (p *replier) Reply(payload []byte, err error) {
 // refuse answers request m with the error envelope of err. A refused
 // streaming request gets the stream's end marker too (docs/protocol.md).
 func (r *Runner) refuse(m *nats.Msg, codec Codec, info actor.RPCInfo, err error) {
+	if errors.Is(err, errFenced) {
+		return // see stopShard: a fenced shard stays silent
+	}
 	if m.Reply == "" {
 		r.log.Debug("call failed with no reply subject", "subject", m.Subject, "err", err)
 		return

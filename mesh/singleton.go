@@ -108,6 +108,17 @@ func (s *singleton) stop(timeout time.Duration) {
 	}
 }
 
+// cancelNow cancels the singleton without waiting for it (fencing).
+func (s *singleton) cancelNow() {
+	s.mu.Lock()
+	cancel := s.cancel
+	s.cancel, s.done = nil, nil
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
 // runGuarded runs f, turning a panic into an error.
 func runGuarded(ctx context.Context, f func(context.Context) error) (err error) {
 	defer func() {

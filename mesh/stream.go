@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"iter"
 	"strconv"
@@ -127,6 +128,9 @@ func (s *streamReplier) Chunk(ctx context.Context, payload []byte) error {
 
 // Reply ends the stream.
 func (s *streamReplier) Reply(_ []byte, err error) {
+	if errors.Is(err, errFenced) {
+		err = actor.ErrNotServing // the stream's caller must learn it ended
+	}
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()

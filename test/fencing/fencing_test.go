@@ -12,13 +12,14 @@
 // stopped before its leases could expire, the entities recover on B, A
 // serves again only through new leases, and no call ran twice.
 //
-// Three known bugs are documented where they are checked; their checks are
-// logged (or, for TestFencingBlackholeFullSocket, skipped) unless
-// NATSMESH_KNOWN_BUGS is set, so that the suite stays green until they are
-// fixed: fencing stalls while the runner's socket is full
-// (TestFencingBlackholeFullSocket), a cut leaves stale shard subscriptions
-// on the server (checkSubscriptions), and a call in flight when the
-// network heals can run twice (load.check).
+// These tests found three bugs, fixed since and checked strictly here:
+// fencing stalled while the runner's socket was full (the lease keeper now
+// declares a lease lost by its own timer, and fencing closes the partition
+// before touching NATS: TestFencingBlackholeFullSocket); a cut left stale
+// shard subscriptions on the server (fencing unsubscribes instead of
+// draining: checkSubscriptions); and a call in flight when the network
+// healed could run twice (a fenced shard no longer answers NotServing:
+// load.check).
 package fencing_test
 
 import (
@@ -74,10 +75,10 @@ func TestFencingCut(t *testing.T) {
 	runFencing(t, "cut", (*faultproxy.Proxy).Cut)
 }
 
-// knownBugs runs the checks and tests of bugs not fixed yet (see the
-// comments where it is used) when NATSMESH_KNOWN_BUGS is set; otherwise
-// they are logged or skipped, so that the suite stays green meanwhile.
-var knownBugs = os.Getenv("NATSMESH_KNOWN_BUGS") != ""
+// strict makes the checks of the bugs these tests found errors (they are
+// fixed). Set NATSMESH_TOLERATE_KNOWN_BUGS to log them instead, when
+// bisecting an old revision, say.
+var strict = os.Getenv("NATSMESH_TOLERATE_KNOWN_BUGS") == ""
 
 func config() mesh.Config {
 	cfg := mesh.DefaultConfig().FastFailover() // 2 s leases, 0.5 s margin, renewed every 0.5 s
@@ -194,16 +195,16 @@ func runFencing(t *testing.T, name string, fault func(*faultproxy.Proxy)) {
 	f.leases.checkReacquired(t, restoreAt, shardSet(f.a.Shards()))
 
 	load.stop()
-	// Calls in flight at the heal may run twice (known bug, see check).
+	// Calls in flight at the heal may run twice (it must not: see check).
 	healed := load.check(t, restoreAt.Add(-callTimeout), restoreAt.Add(healWindow))
 	f.rec.check(t)
 	checkSubscriptions(t, f.srv, f.cfg, f.a)
-	t.Logf("%s: %d calls answered, %d failed or timed out (all during the fault or the hand-back), %d ran twice at the heal (known bug); %d activations recorded",
+	t.Logf("%s: %d calls answered, %d failed or timed out (all during the fault or the hand-back), %d ran twice at the heal (0 expected); %d activations recorded",
 		name, load.answered(), load.failed(), healed, f.rec.activations())
 }
 
-// KNOWN BUG (jetstream.Keeper and mesh fencing; runs with
-// NATSMESH_KNOWN_BUGS=1): a partition with outbound data backed up on the
+// Regression check for a fixed bug (jetstream.Keeper and mesh fencing; runs with
+// strict): a partition with outbound data backed up on the
 // runner's connection. Anything publishing on that connection (here a
 // stand-in for application traffic; Runner.Client() shares it too) fills
 // the socket buffers once nothing drains them. nats.go's flusher then holds
@@ -214,8 +215,8 @@ func runFencing(t *testing.T, name string, fault func(*faultproxy.Proxy)) {
 // (stopShard's Drain) needs the same lock too. A keeps its entities active
 // while B activates them.
 func TestFencingBlackholeFullSocket(t *testing.T) {
-	if !knownBugs {
-		t.Skip("known bug: fencing stalls while the connection's socket is full; set NATSMESH_KNOWN_BUGS=1 to run")
+	if !strict {
+		t.Skip("NATSMESH_TOLERATE_KNOWN_BUGS is set")
 	}
 	f := setup(t)
 	load := startLoad(f.client)
@@ -674,8 +675,8 @@ func (l *leaseLog) checkReacquired(t testing.TB, restoreAt time.Time, served map
 // does not serve: a leftover one makes the server deliver every call of
 // that shard to A as well.
 //
-// KNOWN BUG (mesh stopShard + nats.go v1.55.0; an error with
-// NATSMESH_KNOWN_BUGS=1, logged otherwise): after a cut, A's connection
+// Regression check for a fixed bug (mesh stopShard + nats.go v1.55.0; an error with
+// strict, logged otherwise): after a cut, A's connection
 // keeps one extra subscription per shard fenced while disconnected. Fencing
 // drains the shard subscription (Subscription.Drain) while nats.go is
 // reconnecting: nats.go then sends no UNSUB (nats.go unsubscribe: "We will
@@ -726,7 +727,7 @@ func checkSubscriptions(t testing.TB, srv *server.Server, cfg mesh.Config, a *me
 	}
 	slices.Sort(bad)
 	msg := fmt.Sprintf("STALE SUBSCRIPTIONS: the server holds shard subscriptions of A that A does not use (%d shards): %s", len(bad), strings.Join(bad, "; "))
-	if knownBugs {
+	if strict {
 		t.Error(msg)
 	} else {
 		t.Log("known bug: " + msg)
@@ -827,9 +828,9 @@ func (l *load) failed() int   { l.mu.Lock(); defer l.mu.Unlock(); return l.fail 
 
 // check fails on calls that failed other than by finding no runner in
 // time, and on calls that ran twice, except those started in [from, to)
-// while knownBugs is off: it returns how many it excused.
+// while strict is off: it returns how many it excused.
 //
-// KNOWN BUG (mesh: retry on NotServing; an error with NATSMESH_KNOWN_BUGS=1,
+// Regression check for a fixed bug (mesh: retry on NotServing; an error with strict,
 // logged otherwise): a call in flight when A's network heals can run twice
 // on B. While A is cut off the server keeps A's shard subscriptions (A's
 // UNSUBs cannot reach it; after a cut nats.go even re-sends them, see
@@ -850,7 +851,7 @@ func (l *load) check(t testing.TB, from, to time.Time) (excused int) {
 	}
 	for _, d := range l.twice {
 		switch {
-		case !knownBugs && !d.start.Before(from) && d.start.Before(to):
+		case !strict && !d.start.Before(from) && d.start.Before(to):
 			t.Log("known bug: " + d.msg)
 			excused++
 		default:
