@@ -377,9 +377,26 @@ func (sc *shardConsumer) process(pm *pmsg) {
 	defer cancel()
 	// Handled before (a redelivery after a crash, or a resend of the same
 	// id): answer from the stored reply, do not run the handler again.
-	if e, err := sc.p.replies.Get(ctx, replyKey(pm.msgID)); err == nil {
+	e, err := sc.p.replies.Get(ctx, replyKey(pm.msgID))
+	if err == nil {
 		sc.publishStored(pm, e.Value())
 		sc.finish(pm, true)
+		return
+	}
+	if !errors.Is(err, natsjs.ErrKeyNotFound) {
+		// Without the reply store (NATS unreachable, say) neither the check
+		// nor the reply can be done: do not run the handler, whose reply
+		// could not be stored, so its next owner would run it again.
+		sc.retryLater(pm, fmt.Errorf("check the stored reply: %w", err))
+		return
+	}
+	// A consumer stopped meanwhile (its shard handed off or fenced, maybe
+	// already served again through a new consumer) must not deliver: the
+	// new consumer owns the shard's order now.
+	sc.mu.Lock()
+	stopped := sc.stopped
+	sc.mu.Unlock()
+	if stopped {
 		return
 	}
 	rep := &persistReplier{sc: sc, pm: pm}
