@@ -359,18 +359,7 @@ func (sc *shardConsumer) process(pm *pmsg) {
 	// Schedules fire on whole seconds and may be early: hold the message
 	// (and its entity's later ones) until its time.
 	if wait := time.Until(pm.deliverAt); wait > 0 {
-		_ = pm.m.InProgress()
-		sc.wg.Add(1)
-		time.AfterFunc(wait, func() {
-			sc.mu.Lock()
-			stopped := sc.stopped
-			sc.mu.Unlock()
-			if stopped {
-				sc.wg.Done()
-				return
-			}
-			sc.process(pm)
-		})
+		sc.processAfter(pm, wait)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.CallTimeout)
@@ -494,18 +483,7 @@ func (sc *shardConsumer) retryLater(pm *pmsg, cause error) {
 	}
 	d = min(d, cfg.PersistRetryBackoffMax)
 	sc.r.log.Warn("persisted message failed; retrying", "msg", pm.msgID, "entity", pm.addr.String(), "attempt", pm.attempts, "after", d, "err", cause)
-	_ = pm.m.InProgress()
-	sc.wg.Add(1)
-	time.AfterFunc(d, func() {
-		sc.mu.Lock()
-		stopped := sc.stopped
-		sc.mu.Unlock()
-		if stopped {
-			sc.wg.Done()
-			return
-		}
-		sc.process(pm)
-	})
+	sc.processAfter(pm, d)
 }
 
 // deadLetter moves a message that cannot succeed to the dead-letter stream
@@ -572,4 +550,22 @@ func (r *Runner) rpcInfo(entityType, rpc string) actor.RPCInfo {
 		return e.RPC(rpc)
 	}
 	return nil
+}
+
+// processAfter processes pm again after d, unless the consumer stopped
+// meanwhile; pm stays at the head of its entity's queue until then, and its
+// ack wait is reset.
+func (sc *shardConsumer) processAfter(pm *pmsg, d time.Duration) {
+	_ = pm.m.InProgress()
+	sc.wg.Add(1)
+	time.AfterFunc(d, func() {
+		sc.mu.Lock()
+		stopped := sc.stopped
+		sc.mu.Unlock()
+		if stopped {
+			sc.wg.Done()
+			return
+		}
+		sc.process(pm)
+	})
 }

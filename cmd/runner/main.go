@@ -45,29 +45,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		dev        = fs.Bool("dev", false, "development mode: embedded nats-server, one runner owning every shard")
 		devListen  = fs.String("dev-listen", "127.0.0.1:4222", "with -dev: where the embedded server listens for clients")
 		dataDir    = fs.String("data", ".data/nats", "with -dev: JetStream data folder")
-		prefix     = fs.String("prefix", "mesh", "subject prefix of the cluster")
-		shards     = fs.Int("shards", 300, "shards per group")
 		standalone = fs.Bool("standalone", false, "serve every shard with no shard manager (one runner only)")
 		id         = fs.String("id", "", "runner id, unique per process (default: generated)")
 		weight     = fs.Int("weight", 1, "share of shards relative to other runners")
-		replicas   = fs.Int("replicas", 1, "replicas of the KV buckets: 1, or 3 on a NATS cluster")
-		fast       = fs.Bool("fast-failover", false, "2 s leases renewed every 500 ms (see docs/operations.md)")
-		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
+		cluster    cli.Cluster
 	)
 	conn.Register(fs)
+	cluster.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log, err := cli.Logger(*logLevel)
+	cfg, log, err := cluster.Config()
 	if err != nil {
 		return err
 	}
-	cfg := mesh.DefaultConfig()
-	if *fast {
-		cfg = cfg.FastFailover()
-	}
-	cfg.Prefix, cfg.ShardsPerGroup, cfg.Logger = *prefix, *shards, log
-	cfg.Standalone, cfg.RunnerID, cfg.RunnerWeight, cfg.StorageReplicas = *standalone, *id, *weight, *replicas
+	cfg.Standalone, cfg.RunnerID, cfg.RunnerWeight = *standalone, *id, *weight
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

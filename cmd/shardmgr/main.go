@@ -31,26 +31,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("shardmgr", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		conn     cli.Conn
-		prefix   = fs.String("prefix", "mesh", "subject prefix of the cluster")
-		shards   = fs.Int("shards", 300, "shards per group")
-		replicas = fs.Int("replicas", 1, "replicas of the KV buckets: 1, or 3 on a NATS cluster")
-		fast     = fs.Bool("fast-failover", false, "2 s leases renewed every 500 ms (see docs/operations.md)")
-		logLevel = fs.String("log-level", "info", "debug, info, warn or error")
+		conn    cli.Conn
+		cluster cli.Cluster
 	)
 	conn.Register(fs)
+	cluster.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log, err := cli.Logger(*logLevel)
+	cfg, log, err := cluster.Config()
 	if err != nil {
 		return err
 	}
-	cfg := mesh.DefaultConfig()
-	if *fast {
-		cfg = cfg.FastFailover()
-	}
-	cfg.Prefix, cfg.ShardsPerGroup, cfg.StorageReplicas, cfg.Logger = *prefix, *shards, *replicas, log
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

@@ -39,7 +39,9 @@ func TestRuns(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var errs bytes.Buffer
-	go func() { done <- run(ctx, []string{"-nats", s.ClientURL(), "-shards", "8", "-log-level", "error"}, &errs) }()
+	go func() {
+		done <- run(ctx, []string{"-nats", s.ClientURL(), "-shards", "8", "-log-level", "error"}, &errs)
+	}()
 	nc := natstest.Connect(t, s)
 	cfg := mesh.DefaultConfig()
 	cfg.ShardsPerGroup = 8
