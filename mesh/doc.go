@@ -10,7 +10,7 @@
 //	cfg := mesh.DefaultConfig()
 //	runner, _ := mesh.NewRunner(nc, cfg)
 //	runner.Register(counter.Behavior(nil))
-//	runner.Start(ctx)                    // standalone: serves every shard
+//	runner.Start(ctx)                    // joins the cluster run by a ShardManager
 //
 //	client, _ := mesh.NewClient(nc2, cfg) // client-only: hosts nothing
 //	v, err := mesh.Call(ctx, client, counter.Increment, "user-123", counter.Amount{Amount: 5})
@@ -18,6 +18,28 @@
 // Call waits for the reply, Send fires and forgets, Stream reads a streaming
 // RPC's chunks as they come. Payloads are msgpack by default or JSON
 // (Config.Codec); a runner answers in the codec it was asked in.
+//
+// # Cluster
+//
+// Runners register in a JetStream KV bucket; a ShardManager (one leads,
+// others stand by) assigns shards to them by weight, moving as few as
+// possible; a runner serves a shard only while it holds the shard's lease,
+// renewed in KV, and stops serving it by its own clock before the lease could
+// expire (fencing). Shards move gracefully when runners join or leave and
+// are recovered after a crash within the lease expiry. Singletons
+// (RegisterSingleton) run with the shard their name hashes to. Inspect shows
+// runners, shards, leases and singletons. With Config.Standalone a single
+// runner serves every shard with no coordination. docs/operations.md
+// describes the protocol and its timing settings.
+//
+// # Persisted messages
+//
+// An RPC declared actor.Persisted is stored in a JetStream stream before
+// delivery, handled at least once in order per entity by the shard's owner,
+// deduplicated by message id (MessageID), and answered from a stored reply
+// (Reply re-attaches by id); DeliverAt delays it; messages that cannot
+// succeed go to a dead-letter stream (DeadLetters, Redrive).
+// docs/persistence.md has the guarantees.
 //
 // # Routing
 //
@@ -38,9 +60,11 @@
 //
 // # Guarantees
 //
-// Calls are at most once: a call is handled once or not at all. Retries
-// happen only on answers that guarantee the message was not run (no
-// responders, NotServing, ShuttingDown). Calls from one client to one entity
+// Volatile calls are at most once: a call is handled once or not at all.
+// Retries happen only on answers that guarantee the message was not run (no
+// responders, NotServing, ShuttingDown); a fenced runner stays silent rather
+// than answer NotServing, since the shard's new owner may have received the
+// same call. At most one runner activates an entity address at a time. Calls from one client to one entity
 // are handled in the order they were sent when the client waits for each
 // reply; messages published by one connection without waiting (Send) keep
 // their publish order too. Errors cross the wire typed: declared failures and
