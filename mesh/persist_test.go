@@ -75,6 +75,29 @@ func ledgerBehavior(l *ledgerLog) *actor.Behavior {
 	})
 }
 
+// startUnmanaged starts a runner on its own connection without registering
+// its shutdown: for tests that crash it (close nc) or stop it themselves.
+func startUnmanaged(t testing.TB, url string, cfg mesh.Config, behaviors ...*actor.Behavior) (*mesh.Runner, *nats.Conn) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := mesh.NewRunner(nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range behaviors {
+		if err := r.Register(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return r, nc
+}
+
 func persistConfig() mesh.Config {
 	cfg := testConfig() // standalone, 16 shards
 	cfg.PersistMaxAttempts = 3
@@ -188,20 +211,7 @@ func TestPersistedForwardRecovery(t *testing.T) {
 
 	// The first runner, on a connection we will sever (a crash: no
 	// graceful shutdown, nothing acknowledged after it).
-	nc1, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r1, err := mesh.NewRunner(nc1, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r1.Register(ledgerBehavior(l)); err != nil {
-		t.Fatal(err)
-	}
-	if err := r1.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	r1, nc1 := startUnmanaged(t, s.ClientURL(), cfg, ledgerBehavior(l))
 	c, _ := newClient(t, s.ClientURL(), cfg)
 	ctx := context.Background()
 	if err := mesh.Send(ctx, c, Post, "acct", 1); err != nil {
@@ -238,21 +248,8 @@ func TestPersistedDeliverAt(t *testing.T) {
 	s := natstest.StartServer(t)
 	l := newLedgerLog()
 	cfg := persistConfig()
-	nc1, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
+	r1, nc1 := startUnmanaged(t, s.ClientURL(), cfg, ledgerBehavior(l))
 	defer nc1.Close()
-	r1, err := mesh.NewRunner(nc1, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r1.Register(ledgerBehavior(l)); err != nil {
-		t.Fatal(err)
-	}
-	if err := r1.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	c, _ := newClient(t, s.ClientURL(), cfg)
 	ctx := context.Background()
 	at := time.Now().Add(1500 * time.Millisecond)
