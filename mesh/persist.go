@@ -88,50 +88,38 @@ func openPersistence(ctx context.Context, nc *nats.Conn, cfg Config) (*persisten
 		return nil, err
 	}
 	p := &persistence{js: js}
-	name := cfg.Prefix + "_persist"
-	if err := retrySetup(ctx, name, func(ctx context.Context) (err error) {
-		p.stream, err = js.CreateOrUpdateStream(ctx, natsjs.StreamConfig{
-			Name:        name,
-			Description: "natsmesh persisted messages, one durable consumer per shard",
-			Subjects: []string{
-				cfg.Prefix + "." + ProtocolVersion + ".persist.>",
-				cfg.Prefix + "." + ProtocolVersion + ".sched.>",
-			},
-			Retention:  natsjs.WorkQueuePolicy,
-			Storage:    natsjs.FileStorage,
-			Replicas:   cfg.StorageReplicas,
-			Duplicates: cfg.PersistDedupWindow,
-			// DeliverAt: the server publishes a scheduled message to its
-			// shard's subject at its time (nats-server 2.12+).
-			AllowMsgSchedules: true,
-		})
-		return err
+	if p.stream, err = openStream(ctx, js, natsjs.StreamConfig{
+		Name:        cfg.Prefix + "_persist",
+		Description: "natsmesh persisted messages, one durable consumer per shard",
+		Subjects: []string{
+			cfg.Prefix + "." + ProtocolVersion + ".persist.>",
+			cfg.Prefix + "." + ProtocolVersion + ".sched.>",
+		},
+		Retention:  natsjs.WorkQueuePolicy,
+		Storage:    natsjs.FileStorage,
+		Replicas:   cfg.StorageReplicas,
+		Duplicates: cfg.PersistDedupWindow,
+		// DeliverAt: the server publishes a scheduled message to its
+		// shard's subject at its time (nats-server 2.12+).
+		AllowMsgSchedules: true,
 	}); err != nil {
 		return nil, err
 	}
-	bucket := cfg.Prefix + "_replies"
-	if err := retrySetup(ctx, bucket, func(ctx context.Context) (err error) {
-		p.replies, err = js.CreateOrUpdateKeyValue(ctx, natsjs.KeyValueConfig{
-			Bucket:      bucket,
-			Description: "natsmesh replies of persisted messages, by message id",
-			History:     1,
-			TTL:         cfg.PersistReplyRetention,
-			Replicas:    cfg.StorageReplicas,
-		})
-		return err
+	if p.replies, err = openKV(ctx, js, natsjs.KeyValueConfig{
+		Bucket:      cfg.Prefix + "_replies",
+		Description: "natsmesh replies of persisted messages, by message id",
+		History:     1,
+		TTL:         cfg.PersistReplyRetention,
+		Replicas:    cfg.StorageReplicas,
 	}); err != nil {
 		return nil, err
 	}
-	dead := cfg.Prefix + "_deadletters"
-	if err := retrySetup(ctx, dead, func(ctx context.Context) (err error) {
-		p.dead, err = js.CreateOrUpdateStream(ctx, natsjs.StreamConfig{
-			Name:        dead,
-			Description: "natsmesh persisted messages that could not be handled, with the reason",
-			Subjects:    []string{cfg.Prefix + "." + ProtocolVersion + ".dead.>"},
-			Storage:     natsjs.FileStorage,
-			Replicas:    cfg.StorageReplicas,
-		})
-		return err
+	if p.dead, err = openStream(ctx, js, natsjs.StreamConfig{
+		Name:        cfg.Prefix + "_deadletters",
+		Description: "natsmesh persisted messages that could not be handled, with the reason",
+		Subjects:    []string{cfg.Prefix + "." + ProtocolVersion + ".dead.>"},
+		Storage:     natsjs.FileStorage,
+		Replicas:    cfg.StorageReplicas,
 	}); err != nil {
 		return nil, err
 	}

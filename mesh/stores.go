@@ -48,31 +48,19 @@ func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error)
 		Margin:   cfg.ShardLockMargin,
 	}
 	st := &stores{}
-	lc.Bucket = cfg.Prefix + "_leases"
-	if err := retrySetup(ctx, lc.Bucket, func(ctx context.Context) (err error) {
-		st.leases, err = jetstream.OpenLeases(ctx, js, lc)
-		return err
-	}); err != nil {
+	if st.leases, err = openLeases(ctx, js, lc, cfg.Prefix+"_leases"); err != nil {
 		return nil, err
 	}
-	rc := lc
-	rc.Bucket = cfg.Prefix + "_runners"
-	if err := retrySetup(ctx, rc.Bucket, func(ctx context.Context) (err error) {
-		st.runners, err = jetstream.OpenLeases(ctx, js, rc)
-		return err
-	}); err != nil {
+	if st.runners, err = openLeases(ctx, js, lc, cfg.Prefix+"_runners"); err != nil {
 		return nil, err
 	}
-	bucket := cfg.Prefix + "_assignments"
-	if err := retrySetup(ctx, bucket, func(ctx context.Context) (err error) {
-		st.assignments, err = js.CreateOrUpdateKeyValue(ctx, natsjs.KeyValueConfig{
-			Bucket:      bucket,
-			Description: "natsmesh shard assignments, written by the leading shard manager",
-			History:     1,
-			Replicas:    cfg.StorageReplicas,
-		})
-		return err
-	}); err != nil {
+	st.assignments, err = openKV(ctx, js, natsjs.KeyValueConfig{
+		Bucket:      cfg.Prefix + "_assignments",
+		Description: "natsmesh shard assignments, written by the leading shard manager",
+		History:     1,
+		Replicas:    cfg.StorageReplicas,
+	})
+	if err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -106,6 +94,34 @@ func retrySetup(ctx context.Context, what string, setup func(context.Context) er
 }
 
 const setupAttemptTimeout = 3 * time.Second
+
+// openLeases opens the lease bucket named bucket, retrying as retrySetup does.
+func openLeases(ctx context.Context, js natsjs.JetStream, lc jetstream.LeaseConfig, bucket string) (ls *jetstream.Leases, err error) {
+	lc.Bucket = bucket
+	err = retrySetup(ctx, bucket, func(ctx context.Context) (err error) {
+		ls, err = jetstream.OpenLeases(ctx, js, lc)
+		return err
+	})
+	return ls, err
+}
+
+// openKV creates or updates a KV bucket, retrying as retrySetup does.
+func openKV(ctx context.Context, js natsjs.JetStream, cfg natsjs.KeyValueConfig) (kv natsjs.KeyValue, err error) {
+	err = retrySetup(ctx, cfg.Bucket, func(ctx context.Context) (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+		return err
+	})
+	return kv, err
+}
+
+// openStream creates or updates a stream, retrying as retrySetup does.
+func openStream(ctx context.Context, js natsjs.JetStream, cfg natsjs.StreamConfig) (st natsjs.Stream, err error) {
+	err = retrySetup(ctx, cfg.Name, func(ctx context.Context) (err error) {
+		st, err = js.CreateOrUpdateStream(ctx, cfg)
+		return err
+	})
+	return st, err
+}
 
 func shardKey(s ShardID) string { return fmt.Sprintf("shard.%s.%d", s.Group, s.N) }
 
