@@ -151,6 +151,34 @@ func (in *Instance) OnStop(fn func(ctx context.Context)) {
 	in.mu.Unlock()
 }
 
+// Stop ends this activation once the handlers running now return: its
+// finalizers run, and the next message (queued or new) re-creates the
+// entity, running its init again on fresh state. An entity calls it when
+// it finds its in-memory state can no longer be trusted, for example when
+// its storage refused a write because another writer went ahead: it
+// reloads instead of going on. Unlike a defect it counts no failure and
+// waits no backoff. Calling it again, or after the activation ended, does
+// nothing.
+func (in *Instance) Stop() {
+	rt := in.ts.rt
+	in.mu.Lock()
+	if in.state != stActive || in.closing {
+		in.mu.Unlock()
+		return
+	}
+	in.state = stFailed
+	in.handlers = nil
+	if in.cold != nil {
+		in.cold.retryAt = 0
+	}
+	wasActive := in.activated
+	in.activated = false
+	in.mu.Unlock()
+	if obs := rt.opts.observer; obs != nil && wasActive {
+		obs.Deactivated(in.addr, StopRequested)
+	}
+}
+
 // KeepAlive holds off passivation while enabled, for an entity doing work
 // outside its handlers. Shutdown and partition closing still stop it.
 func (in *Instance) KeepAlive(enabled bool) {

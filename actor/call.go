@@ -183,6 +183,13 @@ type Replier interface {
 	Reply(payload []byte, err error)
 }
 
+// StartNotifier is an optional interface of a Replier: Started is called
+// from the entity's goroutine when the handler begins, which ends the call's
+// wait in the mailbox (for tracing and metrics).
+type StartNotifier interface {
+	Started()
+}
+
 // codecOps builds a typed message from bytes; one per declared RPC.
 type codecOps interface {
 	message(ctx context.Context, codec Codec, payload []byte, r Replier) (message, error)
@@ -232,6 +239,9 @@ func (c *rawCall[Req, Resp]) invoke(h any) (d *Defect) {
 		}
 		c.r.Reply(out, err)
 	}()
+	if sn, ok := c.r.(StartNotifier); ok {
+		sn.Started()
+	}
 	resp, err := h.(func(context.Context, Req) (Resp, error))(c.ctx, c.req)
 	if err == nil {
 		out, err = c.codec.Marshal(resp)
@@ -269,6 +279,9 @@ func (s *rawStream[Req, Chunk]) invoke(h any) (d *Defect) {
 		}
 		s.r.Reply(nil, err)
 	}()
+	if sn, ok := s.r.(StartNotifier); ok {
+		sn.Started()
+	}
 	ctx := s.ctx
 	emit := func(c Chunk) error {
 		b, err := s.codec.Marshal(c)

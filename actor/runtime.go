@@ -37,6 +37,9 @@ const (
 	StopPartitionClosed
 	// StopDefect: a handler panicked and the entity will be re-created.
 	StopDefect
+	// StopRequested: the entity called Instance.Stop; the next message
+	// re-creates it.
+	StopRequested
 )
 
 func (r StopReason) String() string {
@@ -49,6 +52,8 @@ func (r StopReason) String() string {
 		return "partition-closed"
 	case StopDefect:
 		return "defect"
+	case StopRequested:
+		return "requested"
 	}
 	return fmt.Sprintf("StopReason(%d)", uint8(r))
 }
@@ -98,9 +103,31 @@ func WithDefaults(opts ...Option) RuntimeOption {
 	}
 }
 
-// WithObserver reports activations and deactivations to obs.
+// WithObserver reports activations and deactivations to obs. Given more
+// than once, every observer hears every event, in the order given.
 func WithObserver(obs Observer) RuntimeOption {
-	return func(o *runtimeOptions) error { o.observer = obs; return nil }
+	return func(o *runtimeOptions) error {
+		switch {
+		case obs == nil:
+		case o.observer == nil:
+			o.observer = obs
+		default:
+			o.observer = observers{o.observer, obs}
+		}
+		return nil
+	}
+}
+
+type observers [2]Observer
+
+func (os observers) Activated(addr Address) {
+	os[0].Activated(addr)
+	os[1].Activated(addr)
+}
+
+func (os observers) Deactivated(addr Address, reason StopReason) {
+	os[0].Deactivated(addr, reason)
+	os[1].Deactivated(addr, reason)
 }
 
 // WithPartitions splits the entities into n partitions chosen by fn, which

@@ -775,3 +775,59 @@ func TestPartitions(t *testing.T) {
 		t.Fatalf("events = %s, want %s", got, want)
 	}
 }
+
+// Instance.Stop ends the activation after the current message: its
+// finalizer runs once, and the next message re-creates the entity.
+func TestInstanceStop(t *testing.T) {
+	e := actor.NewEntity("Stoppable")
+	add := actor.NewRPC[int, int](e, "Add")
+	reset := actor.NewRPC[actor.Empty, int](e, "Reset")
+	var inits, finals atomic.Int32
+	var reasons []actor.StopReason
+	var mu sync.Mutex
+	b := actor.Implement(e, func(self *actor.Instance) ([]actor.Handler, error) {
+		inits.Add(1)
+		self.OnStop(func(context.Context) { finals.Add(1) })
+		n := 0
+		return []actor.Handler{
+			actor.Handle(add, func(_ context.Context, v int) (int, error) { n += v; return n, nil }),
+			actor.Handle(reset, func(context.Context, actor.Empty) (int, error) {
+				self.Stop()
+				self.Stop() // twice: no effect
+				return n, nil
+			}),
+		}, nil
+	})
+	rt, err := actor.New(actor.WithObserver(stopRecorder(func(r actor.StopReason) {
+		mu.Lock()
+		reasons = append(reasons, r)
+		mu.Unlock()
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Shutdown(context.Background()) })
+	if err := rt.Register(b); err != nil {
+		t.Fatal(err)
+	}
+	mustCall(t, rt, add, "s", 5)
+	if got := mustCall(t, rt, reset, "s", actor.Empty{}); got != 5 {
+		t.Fatalf("Reset answered %d, want 5 (the stopping activation's state)", got)
+	}
+	if got := mustCall(t, rt, add, "s", 1); got != 1 {
+		t.Fatalf("Add after Stop = %d, want 1 (fresh state)", got)
+	}
+	if inits.Load() != 2 || finals.Load() != 1 {
+		t.Fatalf("inits %d, finalizers %d; want 2 and 1", inits.Load(), finals.Load())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reasons) != 1 || reasons[0] != actor.StopRequested {
+		t.Fatalf("observer heard %v, want [requested]", reasons)
+	}
+}
+
+type stopRecorder func(actor.StopReason)
+
+func (stopRecorder) Activated(actor.Address)                           {}
+func (f stopRecorder) Deactivated(_ actor.Address, r actor.StopReason) { f(r) }
