@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -16,7 +17,9 @@ import (
 // Two holders compete for a lease; the loser learns who holds it, and takes
 // it once it is released.
 func ExampleLeases() {
-	srv, _ := server.NewServer(&server.Options{DontListen: true, JetStream: true, JetStreamMaxStore: -1, NoSigs: true, NoLog: true})
+	dir, _ := os.MkdirTemp("", "leases-example")
+	defer os.RemoveAll(dir)
+	srv, _ := server.NewServer(&server.Options{DontListen: true, JetStream: true, StoreDir: dir, NoSigs: true, NoLog: true})
 	go srv.Start()
 	srv.ReadyForConnections(10 * time.Second)
 	defer srv.Shutdown()

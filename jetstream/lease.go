@@ -21,6 +21,9 @@ type LeaseConfig struct {
 	// Replicas is the bucket's replication factor: 3 in a production
 	// cluster, 1 on a single server.
 	Replicas int
+	// Memory keeps the bucket in the servers' memory instead of on disk
+	// (tests); it applies when the bucket is created.
+	Memory bool
 	// TTL is how long the server keeps a lease after its last write. NATS
 	// truncates per-message TTLs to whole seconds, so TTL must be a whole
 	// number of seconds, at least 1s.
@@ -167,15 +170,16 @@ func OpenLeases(ctx context.Context, js natsjs.JetStream, cfg LeaseConfig) (*Lea
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	kv, err := js.CreateOrUpdateKeyValue(ctx, natsjs.KeyValueConfig{
+	kv, err := EnsureKeyValue(ctx, js, natsjs.KeyValueConfig{
 		Bucket:   cfg.Bucket,
 		History:  1,
 		Replicas: cfg.Replicas,
+		Storage:  storage(cfg.Memory),
 		// Enables per-key TTLs (AllowMsgTTL) and makes the server write a
 		// marker when a key expires, so watchers see expiries and Create
 		// remains a CAS on the marker's revision.
 		LimitMarkerTTL: cfg.TTL,
-	})
+	}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open lease bucket %s: %w", cfg.Bucket, err)
 	}
@@ -244,6 +248,20 @@ func (ls *Leases) Acquire(ctx context.Context, key, holder string, opts ...Acqui
 			continue
 		}
 		switch {
+		case e.op == opCorrupt:
+			// Not a lease (written without a TTL, by something else):
+			// it would never expire, so take the key over at its revision.
+			sent = time.Now()
+			rev, err := ls.attempt(ctx, time.Time{}, func(ctx context.Context) (uint64, error) {
+				return ls.cas(ctx, key, value, e.rev)
+			})
+			if err == nil {
+				return ls.lease(key, holder, o.meta, rev, sent), nil
+			}
+			if err := final(ctx, err); err != nil {
+				return Lease{}, fmt.Errorf("acquire %s: %w", key, err)
+			}
+			lastErr = err
 		case !e.held():
 			// Released or expired since our attempt: create again.
 		case e.holder != holder:
@@ -462,6 +480,10 @@ const (
 	opPut
 	opDeleted
 	opExpired
+	// opCorrupt: a put without Nats-TTL. Every lease this package writes
+	// carries one, so this is not a lease (garbage from a tool or a bug);
+	// it is treated as free, else it would name a holder forever.
+	opCorrupt
 )
 
 func (e entry) held() bool { return e.op == opPut }
@@ -474,6 +496,8 @@ func (e entry) String() string {
 		return fmt.Sprintf("released at revision %d", e.rev)
 	case opExpired:
 		return fmt.Sprintf("expired at revision %d", e.rev)
+	case opCorrupt:
+		return fmt.Sprintf("not a lease (no TTL) at revision %d", e.rev)
 	}
 	return "absent"
 }
@@ -522,13 +546,16 @@ func (ls *Leases) readOnce(ctx context.Context, key string) (entry, error) {
 	if resp.Message == nil {
 		return entry{}, errors.New("message get reply without message")
 	}
-	e := entry{rev: resp.Message.Seq, op: opPut}
+	e := entry{rev: resp.Message.Seq, op: opCorrupt} // no headers: no TTL
 	if len(resp.Message.Headers) > 0 {
 		h, err := nats.DecodeHeadersMsg(resp.Message.Headers)
 		if err != nil {
 			return entry{}, fmt.Errorf("decode headers: %w", err)
 		}
 		e.op = headerOp(h)
+		if e.op == opPut && h.Get("Nats-TTL") == "" {
+			e.op = opCorrupt
+		}
 	}
 	if e.op == opPut {
 		e.holder, e.meta = decodeValue(resp.Message.Data)
@@ -544,6 +571,9 @@ func headerOp(h nats.Header) entryOp {
 		return opDeleted
 	case "PURGE":
 		return opExpired
+	case "":
+	default:
+		return opPut // nats.go's KV: any other operation is a put, marker reason or not
 	}
 	switch h.Get(natsjs.MarkerReasonHeader) {
 	case "MaxAge", "Purge":
@@ -671,4 +701,11 @@ func validBucket(b string) bool {
 		}
 	}
 	return true
+}
+
+func storage(memory bool) natsjs.StorageType {
+	if memory {
+		return natsjs.MemoryStorage
+	}
+	return natsjs.FileStorage
 }
