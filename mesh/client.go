@@ -244,7 +244,7 @@ func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 		if err != nil {
 			return zero, fmt.Errorf("encode request: %w", err)
 		}
-		reply, err := c.callPersisted(ctx, info, id, payload, applyCallOptions(opts))
+		reply, err := c.callPersisted(ctx, info.Entity().Name(), info.Name(), c.codecValue, id, payload, applyCallOptions(opts))
 		if err != nil {
 			return zero, err
 		}
@@ -263,11 +263,16 @@ func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 	if err != nil {
 		return zero, err
 	}
+	if c.cfg.Observer != nil {
+		done := c.callSent(ctx, info.Entity().Name(), info.Name(), m.Header)
+		defer func() { done(declared(info, err)) }()
+	}
 	reply, err := c.requestRetry(ctx, m)
 	if err != nil {
 		return zero, err
 	}
-	return decodeReply[Resp](info, c.codec, reply)
+	resp, err := decodeReply[Resp](info, c.codec, reply)
+	return resp, err
 }
 
 // Send delivers req to the entity without waiting for a reply. For a
@@ -284,7 +289,11 @@ func Send[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 		return fmt.Errorf("encode request: %w", err)
 	}
 	if rpc.Info().Persisted() {
-		_, _, err := c.publishPersisted(ctx, rpc.Info(), id, payload, applyCallOptions(opts), "")
+		info := rpc.Info()
+		extra := nats.Header{}
+		done := c.callSent(ctx, info.Entity().Name(), info.Name(), extra)
+		_, _, err := c.publishPersisted(ctx, info.Entity().Name(), info.Name(), c.codecValue, id, payload, applyCallOptions(opts), "", extra)
+		done(err)
 		return err
 	}
 	m, err := c.newRequest(ctx, rpc.Info(), id, payload)
@@ -292,11 +301,15 @@ func Send[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 		return err
 	}
 	delete(m.Header, HeaderTimeout) // nobody waits: the handler gets no deadline
+	done := c.callSent(ctx, rpc.Info().Entity().Name(), rpc.Info().Name(), m.Header)
 	if err := c.nc.PublishMsg(m); err != nil {
 		if errors.Is(err, nats.ErrMaxPayload) {
-			return fmt.Errorf("%w: %w", ErrPayloadTooLarge, err)
+			err = fmt.Errorf("%w: %w", ErrPayloadTooLarge, err)
 		}
+		done(err)
 		return err
 	}
-	return c.nc.FlushWithContext(ctx)
+	err = c.nc.FlushWithContext(ctx)
+	done(err)
+	return err
 }

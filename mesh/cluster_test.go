@@ -301,7 +301,9 @@ func (c *testCluster) stop(id string) {
 	if r == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// Generous: a runner of TestClusterScale hands 300 shards off, and the
+	// race detector on a loaded 2-core machine slows that down a lot.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := r.Shutdown(ctx); err != nil {
 		c.t.Errorf("shutdown %s: %v", id, err)
@@ -329,11 +331,15 @@ func (c *testCluster) waitBalanced(want map[string]int) {
 
 func TestClusterBalanceByWeight(t *testing.T) {
 	c := newTestCluster(t, clusterConfig())
-	c.manager()
+	m, _ := c.manager()
+	natstest.WaitFor(t, 10*time.Second, m.Ready, "manager ready")
 	c.runner("r1", 1, nil)
 	c.runner("r2", 1, nil)
-	c.runner("r3", 2, nil)
+	c.waitBalanced(map[string]int{"r1": 12, "r2": 12})
+	natstest.WaitFor(t, 10*time.Second, func() bool { return c.runners["r1"].Ready() && c.runners["r2"].Ready() }, "runners ready")
+	r3 := c.runner("r3", 2, nil)
 	c.waitBalanced(map[string]int{"r1": 6, "r2": 6, "r3": 12})
+	natstest.WaitFor(t, 10*time.Second, r3.Ready, "r3 ready once it holds its shards")
 
 	client, cnc := newClient(t, c.url, c.cfg)
 	st, err := mesh.Inspect(context.Background(), cnc, c.cfg)

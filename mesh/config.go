@@ -3,7 +3,10 @@ package mesh
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+
+	natsjs "github.com/nats-io/nats.go/jetstream"
 )
 
 // Config is the mesh's configuration, shared by runners and clients; every
@@ -54,6 +57,12 @@ type Config struct {
 	// StorageReplicas is the replication of the KV buckets and streams the
 	// mesh creates: 1 on a single NATS server, 3 on a cluster.
 	StorageReplicas int
+	// Storage is where those buckets and streams keep their data:
+	// StorageFile (the default) on disk, or StorageMemory in the servers'
+	// memory (tests, single-process development: same behaviour, nothing
+	// survives a restart of the NATS servers). It applies when they are
+	// created; an existing bucket or stream keeps its storage.
+	Storage string
 	// ShardLockExpiration is the lease TTL of shards, singletons' shards, the
 	// shard manager's leadership and runner registrations (whole seconds).
 	ShardLockExpiration time.Duration
@@ -85,12 +94,25 @@ type Config struct {
 	// (doubling).
 	PersistRetryBackoff    time.Duration
 	PersistRetryBackoffMax time.Duration
-	// PersistMaxInFlight bounds the persisted messages a shard's consumer
+	// PersistMaxInFlight bounds the persisted messages a runner's consumer
 	// hands out before acknowledgements (its MaxAckPending).
 	PersistMaxInFlight int
 
+	// ReplyPrefixes are the subject prefixes a runner publishes replies to
+	// (a request's reply subject, a persisted message's Mesh-Reply-To).
+	// Callers choose those subjects and the runner publishes with its own
+	// permissions, which include writing leases: a reply anywhere else is
+	// refused, so a caller cannot make a runner overwrite a lease or call
+	// the JetStream API. Default "_INBOX." (every NATS client's inboxes,
+	// custom inbox prefixes included when they start with it).
+	ReplyPrefixes []string
+
 	// Logger receives the mesh's structured logs; nil discards them.
 	Logger *slog.Logger
+
+	// Observer hears calls, activations, shard moves and persisted-message
+	// events, for metrics and tracing; nil costs nothing.
+	Observer Observer
 }
 
 // FastFailover returns c with coordination timings tuned for failover in
@@ -104,6 +126,20 @@ func (c Config) FastFailover() Config {
 	c.RefreshAssignmentsInterval = 500 * time.Millisecond
 	c.RunnerHealthCheckTimeout = 250 * time.Millisecond
 	return c
+}
+
+// Storage modes (Config.Storage).
+const (
+	StorageFile   = "file"
+	StorageMemory = "memory"
+)
+
+// storageType is the JetStream storage of Config.Storage.
+func (c *Config) storageType() natsjs.StorageType {
+	if c.Storage == StorageMemory {
+		return natsjs.MemoryStorage
+	}
+	return natsjs.FileStorage
 }
 
 // DefaultConfig returns the defaults of DESIGN.md.
@@ -124,6 +160,7 @@ func DefaultConfig() Config {
 
 		RunnerWeight:               1,
 		StorageReplicas:            1,
+		Storage:                    StorageFile,
 		ShardLockExpiration:        35 * time.Second,
 		ShardLockRefreshInterval:   10 * time.Second,
 		ShardLockMargin:            time.Second,
@@ -136,6 +173,7 @@ func DefaultConfig() Config {
 		PersistRetryBackoff:    100 * time.Millisecond,
 		PersistRetryBackoffMax: 30 * time.Second,
 		PersistMaxInFlight:     1000,
+		ReplyPrefixes:          []string{"_INBOX."},
 	}
 }
 
@@ -169,6 +207,8 @@ func (c *Config) Validate() error {
 		return bad("RunnerWeight", c.RunnerWeight, "must be at least 1")
 	case c.StorageReplicas < 1 || c.StorageReplicas > 5:
 		return bad("StorageReplicas", c.StorageReplicas, "want 1 to 5")
+	case c.Storage != "" && c.Storage != StorageFile && c.Storage != StorageMemory:
+		return bad("Storage", c.Storage, `want "file" or "memory"`)
 	case c.ShardLockExpiration < time.Second || c.ShardLockExpiration%time.Second != 0:
 		return bad("ShardLockExpiration", c.ShardLockExpiration, "want whole seconds, at least 1s (NATS per-key TTLs are whole seconds)")
 	case c.ShardLockMargin <= 0 || c.ShardLockMargin >= c.ShardLockExpiration:
@@ -189,6 +229,13 @@ func (c *Config) Validate() error {
 		return bad("PersistRetryBackoff", c.PersistRetryBackoff, "want 0 < PersistRetryBackoff <= PersistRetryBackoffMax")
 	case c.PersistMaxInFlight < 1:
 		return bad("PersistMaxInFlight", c.PersistMaxInFlight, "must be at least 1")
+	case len(c.ReplyPrefixes) == 0:
+		return bad("ReplyPrefixes", c.ReplyPrefixes, `want at least one prefix, such as "_INBOX."`)
+	}
+	for _, p := range c.ReplyPrefixes {
+		if p == "" || strings.ContainsAny(p, "*> \t\r\n") || strings.HasPrefix(p, "$") {
+			return bad("ReplyPrefixes", p, "want a literal subject prefix, not empty, without wildcards, not a system subject")
+		}
 	}
 	if _, err := CodecByName(c.Codec); err != nil || c.Codec == "" {
 		return bad("Codec", c.Codec, "want msgpack or json")

@@ -40,6 +40,7 @@ type coordinator struct {
 	desired  map[ShardID]bool
 	owned    map[ShardID]*heldShard
 	leaving  bool // deregistered: acquire nothing more
+	synced   bool // the assignments were read once
 	handoffs sync.WaitGroup
 }
 
@@ -151,6 +152,10 @@ func (c *coordinator) loop() {
 			}
 			if e != nil {
 				c.onAssignment(e)
+			} else {
+				c.mu.Lock()
+				c.synced = true
+				c.mu.Unlock()
 			}
 		case ev, ok := <-leaseEvents:
 			if !ok {
@@ -298,6 +303,9 @@ func (c *coordinator) watchLoss(s ShardID, h *heldShard) {
 	}
 	r := c.r
 	r.log.Warn("shard lease lost: fencing", "shard", s.String(), "err", h.keeper.Err())
+	if r.cfg.Observer != nil {
+		r.cfg.Observer.LeaseRenewFailed(s, h.keeper.Err())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.EntityTerminationTimeout)
 	defer cancel()
 	if err := r.stopShard(ctx, s, actor.ErrNotServing); err != nil {
@@ -393,6 +401,31 @@ func (c *coordinator) holding() bool {
 		}
 	}
 	return false
+}
+
+// valid reports whether this runner holds shard s's lease and it is locally
+// valid at now.
+func (c *coordinator) valid(s ShardID, now time.Time) bool {
+	c.mu.Lock()
+	h := c.owned[s]
+	c.mu.Unlock()
+	return h != nil && h.keeper.Lease().Valid(now)
+}
+
+// settled reports whether the runner has read the assignment and holds the
+// lease of every shard assigned to it.
+func (c *coordinator) settled() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.synced || c.leaving {
+		return false
+	}
+	for s := range c.desired {
+		if h := c.owned[s]; h == nil || h.leaving {
+			return false
+		}
+	}
+	return true
 }
 
 // Owned returns the shards whose lease this runner holds.

@@ -77,6 +77,11 @@ var codes = []struct {
 type Error struct {
 	Code    string
 	Message string
+	// Failure names the declared failure when Code is CodeFailure and the
+	// caller did not know the RPC's failures (CallRaw); Detail is then the
+	// failure's value, encoded in the reply's codec.
+	Failure string
+	Detail  []byte
 }
 
 func (e *Error) Error() string { return "mesh: " + e.Code + ": " + e.Message }

@@ -79,8 +79,8 @@ func Inspect(ctx context.Context, nc *nats.Conn, cfg Config) (*ClusterStatus, er
 	singletons := map[string]bool{}
 	for _, ev := range registered {
 		var info RunnerInfo
-		if json.Unmarshal(ev.Meta, &info) != nil {
-			info = RunnerInfo{ID: ev.Key}
+		if json.Unmarshal(ev.Meta, &info) != nil || info.ID != ev.Key {
+			continue // not a registration (the shard manager ignores it too)
 		}
 		rs := &RunnerStatus{RunnerInfo: info}
 		byRunner[ev.Key] = rs

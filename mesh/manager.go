@@ -22,11 +22,12 @@ import (
 // leads, the others wait to take over. Runners keep serving the shards they
 // hold while no manager runs.
 type ShardManager struct {
-	nc     *nats.Conn
-	cfg    Config
-	id     string
-	log    *slog.Logger
-	leader atomic.Bool
+	nc      *nats.Conn
+	cfg     Config
+	id      string
+	log     *slog.Logger
+	leader  atomic.Bool
+	running atomic.Bool
 }
 
 // NewShardManager returns a shard manager on nc; Run it. It returns an
@@ -49,6 +50,10 @@ func (m *ShardManager) ID() string { return m.id }
 // IsLeader reports whether this manager currently leads.
 func (m *ShardManager) IsLeader() bool { return m.leader.Load() }
 
+// Ready reports whether the manager runs (leading or standing by) and is
+// connected to NATS. Fit for a readiness probe.
+func (m *ShardManager) Ready() bool { return m.running.Load() && m.nc.IsConnected() }
+
 // Run campaigns for leadership and, while leading, keeps the assignment
 // balanced over the live runners. It returns nil when ctx ends (releasing
 // the leadership), or an error if the KV buckets cannot be opened.
@@ -62,6 +67,8 @@ func (m *ShardManager) Run(ctx context.Context) error {
 		return err
 	}
 	defer w.Stop()
+	m.running.Store(true)
+	defer m.running.Store(false)
 	retry := time.NewTicker(m.cfg.RefreshAssignmentsInterval)
 	defer retry.Stop()
 	for {
@@ -133,6 +140,9 @@ func (m *ShardManager) lead(ctx context.Context, st *stores, lease jetstream.Lea
 			continue
 		case <-debounce.C:
 		case <-tick.C:
+			if synced {
+				t.resync(ctx)
+			}
 		}
 		pending = false
 		if synced {
@@ -180,6 +190,32 @@ func (t *term) onRunner(ev jetstream.Event) {
 	case jetstream.EventExpired: // silent: confirm with a ping first
 		if info, ok := t.live[ev.Key]; ok {
 			t.suspects[ev.Key] = info
+		}
+	}
+}
+
+// resync re-reads the registrations: a watch can lag by seconds (its
+// consumer is re-created after missed heartbeats when the NATS server
+// serving it dies), and an expiry it has not reported yet must not delay a
+// failover by that much.
+func (t *term) resync(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, t.m.cfg.RefreshAssignmentsInterval)
+	defer cancel()
+	held, err := snapshot(ctx, t.st.runners)
+	if err != nil {
+		return // the watch is all we have until the servers answer
+	}
+	for id, info := range t.live {
+		if _, ok := held[id]; !ok {
+			if _, suspect := t.suspects[id]; !suspect {
+				t.m.log.Info("runner registration gone (found by re-reading)", "runner", id)
+				t.suspects[id] = info
+			}
+		}
+	}
+	for id, ev := range held {
+		if _, ok := t.live[id]; !ok {
+			t.onRunner(ev)
 		}
 	}
 }

@@ -26,6 +26,10 @@ type callOptions struct {
 // than the restart). Volatile RPCs ignore it.
 func DeliverAt(t time.Time) CallOption { return func(o *callOptions) { o.deliverAt = t } }
 
+// MaxMessageIDLen bounds a persisted message's id (bytes): its reply's key
+// and the subjects built from it must stay within the server's limits.
+const MaxMessageIDLen = 512
+
 // MessageID gives a persisted message its id, an idempotency key: sending
 // the same id again stores it once (within the dedup window) and is answered
 // with the stored reply without running the handler again (within the reply
@@ -58,7 +62,8 @@ func (c *Client) persistence(ctx context.Context) (*persistence, error) {
 
 // publishPersisted stores a persisted message in the stream and returns its
 // id and whether the stream already had it (a duplicate).
-func (c *Client) publishPersisted(ctx context.Context, info actor.RPCInfo, id string, payload []byte, o callOptions, replyTo string) (string, bool, error) {
+// Headers in extra (a trace context, say) travel with the message.
+func (c *Client) publishPersisted(ctx context.Context, entityType, rpc string, codec []string, id string, payload []byte, o callOptions, replyTo string, extra nats.Header) (string, bool, error) {
 	p, err := c.persistence(ctx)
 	if err != nil {
 		return "", false, err
@@ -73,14 +78,21 @@ func (c *Client) publishPersisted(ctx context.Context, info actor.RPCInfo, id st
 	if msgID == "" {
 		msgID = nuid.Next()
 	}
-	entityType := info.Entity().Name()
-	target := c.subj.persist(c.Shard(entityType, id), entityType, info.Name())
-	m := &nats.Msg{Subject: target, Data: payload, Header: nats.Header{}}
+	if len(msgID) > MaxMessageIDLen {
+		return "", false, fmt.Errorf("%w: message id of %d bytes, limit %d", ErrInvalidOption, len(msgID), MaxMessageIDLen)
+	}
+	target := c.subj.persist(c.Shard(entityType, id), entityType, rpc)
+	m := &nats.Msg{Subject: target, Data: payload, Header: make(nats.Header, 4+len(extra))}
+	for k, v := range extra {
+		m.Header[k] = v
+	}
 	setID(m.Header, id)
-	m.Header[HeaderCodec] = c.codecValue
+	m.Header[HeaderCodec] = codec
 	m.Header[HeaderMsgID] = []string{msgID}
 	if replyTo != "" {
 		m.Header[HeaderReplyTo] = []string{replyTo}
+	} else if o.msgID == "" {
+		m.Header[HeaderNoReply] = []string{"true"}
 	}
 	if !o.deliverAt.IsZero() && time.Until(o.deliverAt) > 0 {
 		// A schedule in the stream: the server publishes the message to
@@ -107,7 +119,10 @@ func (c *Client) publishPersisted(ctx context.Context, info actor.RPCInfo, id st
 }
 
 // callPersisted stores a persisted message and waits for its reply.
-func (c *Client) callPersisted(ctx context.Context, info actor.RPCInfo, id string, payload []byte, o callOptions) (*nats.Msg, error) {
+func (c *Client) callPersisted(ctx context.Context, entityType, rpc string, codec []string, id string, payload []byte, o callOptions) (reply *nats.Msg, err error) {
+	extra := nats.Header{}
+	done := c.callSent(ctx, entityType, rpc, extra)
+	defer func() { done(replyErr(reply, err)) }()
 	inbox := c.nc.NewInbox()
 	replies := make(chan *nats.Msg, 1)
 	sub, err := c.nc.ChanSubscribe(inbox, replies)
@@ -115,7 +130,7 @@ func (c *Client) callPersisted(ctx context.Context, info actor.RPCInfo, id strin
 		return nil, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	msgID, dup, err := c.publishPersisted(ctx, info, id, payload, o, inbox)
+	msgID, dup, err := c.publishPersisted(ctx, entityType, rpc, codec, id, payload, o, inbox, extra)
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +144,9 @@ func (c *Client) callPersisted(ctx context.Context, info actor.RPCInfo, id strin
 // reading the reply bucket now and then (a reply published while nobody
 // listened is still stored).
 func (c *Client) awaitStored(ctx context.Context, msgID string, replies <-chan *nats.Msg) (*nats.Msg, error) {
+	if msgID == "" || len(msgID) > MaxMessageIDLen {
+		return nil, fmt.Errorf("%w: message id of %d bytes, want 1 to %d", ErrInvalidOption, len(msgID), MaxMessageIDLen)
+	}
 	p, err := c.persistence(ctx)
 	if err != nil {
 		return nil, err

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -44,8 +46,10 @@ type Runner struct {
 	singletons map[string]*singleton
 	coord      *coordinator // nil when standalone
 	persist    *persistence
-	consumers  map[ShardID]*shardConsumer
+	pc         *persistConsumer // nil unless a hosted entity has persisted rpcs
 	started    bool
+	running    atomic.Bool                 // Start returned without error
+	coordp     atomic.Pointer[coordinator] // coord, for the dispatch path without r.mu
 	closed     bool
 }
 
@@ -65,7 +69,6 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 		shards: map[ShardID]*nats.Subscription{},
 
 		singletons: map[string]*singleton{},
-		consumers:  map[ShardID]*shardConsumer{},
 
 		inbox:        make(chan *nats.Msg, inboxSize),
 		stopDispatch: make(chan struct{}),
@@ -95,6 +98,7 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 		),
 		actor.WithTerminationTimeout(cfg.EntityTerminationTimeout),
 		actor.WithPartitions(len(cfg.ShardGroups)*n, partOf),
+		actor.WithObserver(cfg.Observer), // nil: none
 	}, opts...)
 	rt, err := actor.New(rtOpts...)
 	if err != nil {
@@ -153,6 +157,7 @@ func (r *Runner) Start(ctx context.Context) error {
 		}
 		r.mu.Lock()
 		r.persist = persist
+		r.pc = newPersistConsumer(r, persist)
 		r.mu.Unlock()
 	}
 	r.mu.Lock()
@@ -176,9 +181,10 @@ func (r *Runner) Start(ctx context.Context) error {
 		}
 		r.mu.Lock()
 		r.coord = coord
+		r.coordp.Store(coord)
 		r.mu.Unlock()
 		coord.start()
-		return r.flush(ctx)
+		return r.startDone(ctx)
 	}
 	for _, g := range r.cfg.ShardGroups {
 		for n := range r.cfg.ShardsPerGroup {
@@ -187,7 +193,17 @@ func (r *Runner) Start(ctx context.Context) error {
 			}
 		}
 	}
-	return r.flush(ctx)
+	return r.startDone(ctx)
+}
+
+// startDone ends a successful Start: once flushed, the runner may say it
+// is ready.
+func (r *Runner) startDone(ctx context.Context) error {
+	if err := r.flush(ctx); err != nil {
+		return err
+	}
+	r.running.Store(true)
+	return nil
 }
 
 // hostsPersisted reports whether any hosted entity declares a persisted RPC.
@@ -242,19 +258,13 @@ func (r *Runner) serveShard(s ShardID) error {
 		return fmt.Errorf("subscribe shard %s: %w", s, err)
 	}
 	r.shards[s] = sub
-	persist := r.persist
+	pc := r.pc
 	r.mu.Unlock()
-	if persist != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.CallTimeout)
-		sc, err := r.startPersisted(ctx, s)
-		cancel()
-		if err != nil {
-			_ = r.stopShard(context.Background(), s, actor.ErrNotServing)
-			return err
-		}
-		r.mu.Lock()
-		r.consumers[s] = sc
-		r.mu.Unlock()
+	if pc != nil {
+		pc.add(s)
+	}
+	if r.cfg.Observer != nil {
+		r.cfg.Observer.ShardAcquired(s)
 	}
 	for _, sg := range r.singletonsOf(s) {
 		sg.start(r)
@@ -270,11 +280,13 @@ func (r *Runner) stopShard(ctx context.Context, s ShardID, abort error) error {
 	r.mu.Lock()
 	sub, ok := r.shards[s]
 	delete(r.shards, s)
-	sc := r.consumers[s]
-	delete(r.consumers, s)
+	pc := r.pc
 	r.mu.Unlock()
 	if !ok {
 		return nil
+	}
+	if r.cfg.Observer != nil {
+		defer r.cfg.Observer.ShardReleased(s)
 	}
 	if abort != nil {
 		// Fencing: stop processing first, in memory, before anything that
@@ -289,10 +301,10 @@ func (r *Runner) stopShard(ctx context.Context, s ShardID, abort error) error {
 		for _, sg := range r.singletonsOf(s) {
 			sg.cancelNow()
 		}
-		err := r.rt.ClosePartition(ctx, r.partition(s), abort)
-		if sc != nil {
-			sc.stop()
+		if pc != nil {
+			pc.remove(s) // no waiting: the connection may be wedged
 		}
+		err := r.rt.ClosePartition(ctx, r.partition(s), abort)
 		// Unsubscribe, not drain: a drain started while the client is
 		// reconnecting leaves the subscription on the server.
 		if uerr := sub.Unsubscribe(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) && !errors.Is(uerr, nats.ErrBadSubscription) {
@@ -303,10 +315,11 @@ func (r *Runner) stopShard(ctx context.Context, s ShardID, abort error) error {
 	for _, sg := range r.singletonsOf(s) {
 		sg.stop(r.cfg.EntityTerminationTimeout)
 	}
-	if sc != nil {
-		// No new persisted message; those already in mailboxes finish.
-		sc.stop()
-		defer sc.wait(ctx)
+	if pc != nil {
+		// No new persisted message; those already in mailboxes finish, and
+		// the runner's consumer lets go of the shard before its lease is
+		// released.
+		defer pc.remove(s)(ctx)
 	}
 	if !r.nc.IsConnected() {
 		// Draining needs the server: without it, unsubscribe (the calls in
@@ -348,6 +361,20 @@ func (r *Runner) barrier(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 	}
+}
+
+// Ready reports whether the runner serves what it should: started, not
+// shutting down, connected to NATS, and, in a cluster, holding the lease of
+// every shard the shard manager assigned to it (a runner assigned nothing,
+// because no manager runs yet, is ready). Fit for a readiness probe.
+func (r *Runner) Ready() bool {
+	r.mu.Lock()
+	started, closed, coord := r.running.Load(), r.closed, r.coord
+	r.mu.Unlock()
+	if !started || closed || !r.nc.IsConnected() {
+		return false
+	}
+	return coord == nil || coord.settled()
 }
 
 // Shards returns the shards this runner serves.
@@ -392,17 +419,16 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 		served = append(served, s)
 		delete(r.shards, s)
 	}
-	consumers := r.consumers
-	r.consumers = map[ShardID]*shardConsumer{}
+	pc := r.pc
 	r.mu.Unlock()
-	for _, sc := range consumers {
-		sc.stop()
+	if pc != nil {
+		defer pc.close(ctx)
 	}
-	defer func() {
-		for _, sc := range consumers {
-			sc.wait(ctx)
+	if o := r.cfg.Observer; o != nil {
+		for _, s := range served {
+			o.ShardReleased(s)
 		}
-	}()
+	}
 	for _, s := range served {
 		for _, sg := range r.singletonsOf(s) {
 			sg.stop(r.cfg.EntityTerminationTimeout)
@@ -471,9 +497,66 @@ func (r *Runner) onCall(m *nats.Msg) {
 	r.handle(m, shard, entityType, rpc)
 }
 
+// leaseValid reports whether this runner may act on shard s now: always
+// when standalone, else only while the shard's lease is locally valid,
+// checked against the clock at this moment rather than waiting for the
+// lease's watchdog, which may not have run yet after a pause.
+func (r *Runner) leaseValid(s ShardID) bool {
+	c := r.coordp.Load()
+	return c == nil || c.valid(s, time.Now())
+}
+
+// maxReplySubject bounds a reply subject: a longer one would make the
+// runner's PUB exceed the server's control line and cost its connection.
+const maxReplySubject = 1024
+
+// replyAllowed reports whether the runner may publish a reply to subj
+// (Config.ReplyPrefixes).
+func (r *Runner) replyAllowed(subj string) bool {
+	if len(subj) > maxReplySubject || strings.ContainsAny(subj, "*> \t\r\n") || strings.Contains(subj, "..") || strings.HasSuffix(subj, ".") {
+		return false
+	}
+	for _, p := range r.cfg.ReplyPrefixes {
+		if strings.HasPrefix(subj, p) && len(subj) > len(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// badReply drops a request whose reply subject the runner may not publish
+// to; it reports whether it did.
+func (r *Runner) badReply(m *nats.Msg, entityType, rpc string) bool {
+	if m.Reply == "" || r.replyAllowed(m.Reply) {
+		return false
+	}
+	r.log.Warn("call refused: reply subject outside the reply prefixes", "entity", entityType, "rpc", rpc, "reply", truncate(m.Reply, 80))
+	if o := r.cfg.Observer; o != nil {
+		o.CallRefused(entityType, rpc, CodeBadRequest)
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
 // handle delivers one call to its entity; shard is the shard the caller
 // addressed.
 func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
+	if r.badReply(m, entityType, rpc) {
+		return
+	}
+	if !r.leaseValid(shard) {
+		// The shard's lease is past its local validity: the runner may have
+		// been paused (SIGSTOP, a long GC, a frozen VM) and its fencing has
+		// not run yet. Silent, as a fenced shard is: the caller's retry
+		// reaches the new owner.
+		return
+	}
 	codec, err := CodecByName(m.Header.Get(HeaderCodec))
 	if err != nil {
 		r.refuse(m, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
@@ -517,6 +600,10 @@ func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 		r.refuse(m, codec, info, fmt.Errorf("%w: %s.%s is not a streaming rpc", ErrBadRequest, entityType, rpc))
 		return
 	}
+	var obs CallObservation
+	if o := r.cfg.Observer; o != nil && info != nil {
+		ctx, obs = o.CallReceived(ctx, actor.Address{Type: entityType, ID: id}, rpc, shard, m.Header)
+	}
 	var rep actor.Replier
 	if info != nil && info.Kind() == actor.Streaming {
 		if m.Reply == "" {
@@ -527,17 +614,30 @@ func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 			return
 		}
 		ctx, cancel = r.newStreamContext(ctx, cancel)
-		rep, err = r.newStreamReplier(ctx, cancel, m, codec, info)
+		var sr *streamReplier
+		sr, err = r.newStreamReplier(ctx, cancel, m, codec, info)
 		if err != nil {
 			cancel()
+			if obs != nil {
+				obs.Done(err)
+			}
 			r.refuse(m, codec, info, err)
 			return
 		}
+		sr.obs = obs
+		rep = sr
 	} else {
-		rep = &replier{r: r, reply: m.Reply, codec: codec, info: info, cancel: cancel}
+		rep = &replier{r: r, reply: m.Reply, codec: codec, info: info, cancel: cancel, obs: obs}
 	}
 	if err := r.rt.Deliver(ctx, entityType, id, rpc, codec, m.Data, rep); err != nil {
+		if obs != nil {
+			obs.Done(err)
+			rep = withoutObservation(rep)
+		}
 		if _, ok := rep.(*streamReplier); ok || !streamReq {
+			if o := r.cfg.Observer; o != nil && obs == nil {
+				o.CallRefused(entityType, rpc, codeOf(err))
+			}
 			rep.Reply(nil, err)
 			return
 		}
@@ -560,6 +660,26 @@ type replier struct {
 	codec  Codec
 	info   actor.RPCInfo
 	cancel context.CancelFunc
+	obs    CallObservation // nil without an Observer
+}
+
+// Started implements actor.StartNotifier.
+func (p *replier) Started() {
+	if p.obs != nil {
+		p.obs.Started()
+	}
+}
+
+// withoutObservation detaches the observation of a call that Deliver
+// refused (it was reported done already).
+func withoutObservation(rep actor.Replier) actor.Replier {
+	switch p := rep.(type) {
+	case *replier:
+		p.obs = nil
+	case *streamReplier:
+		p.obs = nil
+	}
+	return rep
 }
 
 func (p *replier) Chunk(context.Context, []byte) error {
@@ -569,6 +689,9 @@ func (p *replier) Chunk(context.Context, []byte) error {
 func (p *replier) Reply(payload []byte, err error) {
 	if p.cancel != nil {
 		p.cancel()
+	}
+	if p.obs != nil {
+		p.obs.Done(declared(p.info, err))
 	}
 	if errors.Is(err, errFenced) {
 		return // see stopShard: a fenced shard stays silent
@@ -598,8 +721,16 @@ func (r *Runner) refuse(m *nats.Msg, codec Codec, info actor.RPCInfo, err error)
 	if errors.Is(err, errFenced) {
 		return // see stopShard: a fenced shard stays silent
 	}
+	if o := r.cfg.Observer; o != nil {
+		_, entityType, rpc, _ := r.subj.parseCall(m.Subject)
+		o.CallRefused(entityType, rpc, codeOf(err))
+	}
 	if m.Reply == "" {
 		r.log.Debug("call failed with no reply subject", "subject", m.Subject, "err", err)
+		return
+	}
+	if !r.replyAllowed(m.Reply) {
+		r.log.Warn("call refused: reply subject outside the reply prefixes", "subject", m.Subject, "reply", truncate(m.Reply, 80), "err", err)
 		return
 	}
 	out := errorMsg(m.Reply, codec, info, err, r.cfg.ExposeDefectStacks)
@@ -657,6 +788,9 @@ func errorMsg(reply string, codec Codec, info actor.RPCInfo, err error, stacks b
 // relays the answer.
 func (r *Runner) onRoute(m *nats.Msg) {
 	entityType, rpc, ok := r.subj.parseRoute(m.Subject)
+	if r.badReply(m, entityType, rpc) {
+		return
+	}
 	if !ok {
 		r.refuse(m, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
 		return

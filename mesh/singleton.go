@@ -62,9 +62,14 @@ func (s *singleton) start(r *Runner) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel, s.done = cancel, make(chan struct{})
 	done := s.done
-	log := r.log.With("singleton", s.name, "shard", s.shard.String(), "runner", r.id)
+	log := r.log.With("singleton", s.name, "shard", s.shard.String()) // r.log names the runner
+	obs := r.cfg.Observer
 	go func() {
 		defer close(done)
+		if obs != nil {
+			obs.SingletonStarted(s.name)
+			defer obs.SingletonStopped(s.name)
+		}
 		backoff := 100 * time.Millisecond
 		for {
 			log.Info("singleton starting")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,7 @@ func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error)
 	}
 	lc := jetstream.LeaseConfig{
 		Replicas: cfg.StorageReplicas,
+		Memory:   cfg.Storage == StorageMemory,
 		TTL:      cfg.ShardLockExpiration,
 		Margin:   cfg.ShardLockMargin,
 	}
@@ -59,7 +61,8 @@ func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error)
 		Description: "natsmesh shard assignments, written by the leading shard manager",
 		History:     1,
 		Replicas:    cfg.StorageReplicas,
-	})
+		Storage:     cfg.storageType(),
+	}, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -105,22 +108,35 @@ func openLeases(ctx context.Context, js natsjs.JetStream, lc jetstream.LeaseConf
 	return ls, err
 }
 
-// openKV creates or updates a KV bucket, retrying as retrySetup does.
-func openKV(ctx context.Context, js natsjs.JetStream, cfg natsjs.KeyValueConfig) (kv natsjs.KeyValue, err error) {
+// openKV opens a KV bucket, creating it if missing (an existing one keeps
+// its replicas and limits: jetstream.EnsureKeyValue), retrying as
+// retrySetup does.
+func openKV(ctx context.Context, js natsjs.JetStream, cfg natsjs.KeyValueConfig, log *slog.Logger) (kv natsjs.KeyValue, err error) {
 	err = retrySetup(ctx, cfg.Bucket, func(ctx context.Context) (err error) {
-		kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+		kv, err = jetstream.EnsureKeyValue(ctx, js, cfg, mismatchLogger(log))
 		return err
 	})
 	return kv, err
 }
 
-// openStream creates or updates a stream, retrying as retrySetup does.
-func openStream(ctx context.Context, js natsjs.JetStream, cfg natsjs.StreamConfig) (st natsjs.Stream, err error) {
+// openStream opens a stream, creating it if missing (an existing one keeps
+// its replicas and limits: jetstream.EnsureStream), retrying as retrySetup
+// does.
+func openStream(ctx context.Context, js natsjs.JetStream, cfg natsjs.StreamConfig, log *slog.Logger) (st natsjs.Stream, err error) {
 	err = retrySetup(ctx, cfg.Name, func(ctx context.Context) (err error) {
-		st, err = js.CreateOrUpdateStream(ctx, cfg)
+		st, err = jetstream.EnsureStream(ctx, js, cfg, mismatchLogger(log))
 		return err
 	})
 	return st, err
+}
+
+// mismatchLogger logs an existing asset's settings that differ from the
+// configuration (they are kept).
+func mismatchLogger(log *slog.Logger) func(string) {
+	if log == nil {
+		return nil
+	}
+	return func(what string) { log.Warn("JetStream asset differs from the configuration", "detail", what) }
 }
 
 func shardKey(s ShardID) string { return fmt.Sprintf("shard.%s.%d", s.Group, s.N) }

@@ -43,6 +43,7 @@ type streamReplier struct {
 	cancel  context.CancelFunc
 	window  uint64
 	sub     *nats.Subscription
+	obs     CallObservation // nil without an Observer
 
 	mu     sync.Mutex
 	sent   uint64
@@ -126,6 +127,13 @@ func (s *streamReplier) Chunk(ctx context.Context, payload []byte) error {
 	}
 }
 
+// Started implements actor.StartNotifier.
+func (s *streamReplier) Started() {
+	if s.obs != nil {
+		s.obs.Started()
+	}
+}
+
 // Reply ends the stream.
 func (s *streamReplier) Reply(_ []byte, err error) {
 	if errors.Is(err, errFenced) {
@@ -139,6 +147,9 @@ func (s *streamReplier) Reply(_ []byte, err error) {
 	s.ended = true
 	seq := s.sent + 1
 	s.mu.Unlock()
+	if s.obs != nil {
+		s.obs.Done(declared(s.info, err))
+	}
 	_ = s.sub.Unsubscribe()
 	s.cancel()
 	var m *nats.Msg
@@ -172,6 +183,16 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 			yield(zero, err)
 			return
 		}
+		done := c.callSent(ctx, info.Entity().Name(), info.Name(), m.Header)
+		var outcome error
+		consumer := yield
+		yield = func(ch Chunk, err error) bool {
+			if err != nil {
+				outcome = err
+			}
+			return consumer(ch, err)
+		}
+		defer func() { done(declared(info, outcome)) }()
 		const window = DefaultStreamWindow
 		m.Header[HeaderStreamWindow] = []string{strconv.Itoa(window)}
 		m.Reply = c.nc.NewInbox()

@@ -48,7 +48,9 @@ func start(t testing.TB, o *server.Options) *server.Server {
 	}
 	go s.Start()
 	t.Cleanup(s.Shutdown)
-	if !s.ReadyForConnections(10 * time.Second) {
+	// Generous: a server of a cluster waits for its routes, and the machine
+	// may be loaded.
+	if !s.ReadyForConnections(30 * time.Second) {
 		t.Fatalf("natstest: server %s not ready", o.ServerName)
 	}
 	return s

@@ -1,0 +1,33 @@
+package mesh
+
+import "fmt"
+
+// LoseDeliveries makes every runner's persisted consumers drop the
+// deliveries f returns true for, until the returned function is called.
+func LoseDeliveries(f func(streamSeq, numDelivered uint64) bool) (restore func()) {
+	loseDelivery.Store(&f)
+	return func() { loseDelivery.Store(nil) }
+}
+
+// DebugPersisted describes a runner's persisted-message consumer, for a
+// failing test's log.
+func DebugPersisted(r *Runner) string {
+	r.mu.Lock()
+	pc := r.pc
+	r.mu.Unlock()
+	if pc == nil {
+		return "no persisted consumer"
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	out := fmt.Sprintf("consumer %s: want %d shards, gen %v, version %d built %d, held %d, running %v, queues %d\n",
+		pc.name, len(pc.want), pc.gen != nil, pc.version, pc.built, len(pc.held), pc.running, len(pc.queues))
+	for addr, q := range pc.queues {
+		h := q[0]
+		out += fmt.Sprintf("  %s: %d queued; head seq %d running %v attempts %d msg %s\n", addr, len(q), h.seq, h.running, h.attempts, h.msgID)
+	}
+	if pc.gen != nil {
+		out += fmt.Sprintf("  last delivery %d, stale %v\n", pc.gen.lastCSeq, pc.gen.stale)
+	}
+	return out
+}

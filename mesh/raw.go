@@ -1,0 +1,176 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/actor"
+)
+
+// RawCall is one call whose payload is already encoded, for gateways and
+// tools that know an entity only by name (no Go types): see Client.CallRaw.
+type RawCall struct {
+	EntityType string
+	ID         string
+	RPC        string
+	// Codec names the payload's codec (CodecJSON or CodecMsgpack); the
+	// reply comes in the same codec. Empty means the client's codec.
+	Codec   string
+	Payload []byte
+	// Persisted sends the call through the persisted-message stream (the
+	// RPC should be declared persisted: the runner handles whatever arrives
+	// on the stream at least once, and stores its reply). MessageID is then
+	// the idempotency key (generated when empty); it is ignored otherwise.
+	Persisted bool
+	MessageID string
+}
+
+// CallRaw sends a call given by names and an encoded payload, with the same
+// routing, retries and timeouts as Call, and returns the encoded reply.
+//
+// Errors: an error reply from the runner is a *Error with its wire code;
+// for a declared failure Code is CodeFailure, Failure its name and Detail
+// its encoded value; a defect is Code CodeDefect. Otherwise as Call:
+// ErrShardUnavailable, ErrPayloadTooLarge, ErrInvalidOption for an unknown
+// codec, actor.ErrInvalidID, or ctx's error.
+func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
+	codec := c.codec
+	codecValue := c.codecValue
+	if call.Codec != "" && call.Codec != codec.Name() {
+		var err error
+		if codec, err = CodecByName(call.Codec); err != nil {
+			return nil, err
+		}
+		codecValue = []string{codec.Name()}
+	}
+	if !validToken(call.EntityType) || !validToken(call.RPC) {
+		return nil, fmt.Errorf("%w: entity type %q and rpc %q must be non-empty subject tokens", ErrBadRequest, call.EntityType, call.RPC)
+	}
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	var reply *nats.Msg
+	if call.Persisted {
+		var err error
+		reply, err = c.callPersisted(ctx, call.EntityType, call.RPC, codecValue, call.ID, call.Payload, callOptions{msgID: call.MessageID})
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		if err := actor.ValidateID(call.ID); err != nil {
+			return nil, err
+		}
+		if max := c.nc.MaxPayload(); max > 0 && int64(len(call.Payload)) > max {
+			return nil, fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(call.Payload), max)
+		}
+		m := &nats.Msg{
+			Subject: c.subj.call(c.Shard(call.EntityType, call.ID), call.EntityType, call.RPC),
+			Data:    call.Payload,
+			Header:  make(nats.Header, 3),
+		}
+		setID(m.Header, call.ID)
+		m.Header[HeaderCodec] = codecValue
+		setTimeout(ctx, m.Header)
+		done := c.callSent(ctx, call.EntityType, call.RPC, m.Header)
+		var err error
+		reply, err = c.requestRetry(ctx, m)
+		done(replyErr(reply, err))
+		if err != nil {
+			return nil, err
+		}
+	}
+	if code := reply.Header.Get(HeaderError); code != "" {
+		return nil, decodeRawError(codec, code, reply.Data)
+	}
+	return reply.Data, nil
+}
+
+// decodeRawError turns an error reply into a *Error, keeping a declared
+// failure's name and encoded value.
+func decodeRawError(codec Codec, code string, data []byte) error {
+	body, detail, err := codec.decodeError(data)
+	if err != nil {
+		return &Error{Code: code, Message: fmt.Sprintf("undecodable error body: %v", err)}
+	}
+	e := &Error{Code: body.Code, Message: body.Message, Failure: body.Failure}
+	if e.Code == "" {
+		e.Code = code
+	}
+	if len(detail) > 0 {
+		e.Detail = append([]byte(nil), detail...)
+	}
+	return e
+}
+
+// RemoteCode returns the wire code that err stands for (the code of a
+// *Error, CodeDefect for a *actor.Defect, CodeNotServing for
+// ErrShardUnavailable, CodeTimeout for a deadline, ...), or "" for other
+// errors, such as a declared failure already decoded into its Go type.
+func RemoteCode(err error) string {
+	var e *Error
+	var d *actor.Defect
+	var f *DeclaredFailure
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &f):
+		return CodeFailure
+	case errors.As(err, &e):
+		return e.Code
+	case errors.As(err, &d):
+		return CodeDefect
+	case errors.Is(err, ErrShardUnavailable):
+		return CodeNotServing
+	case errors.Is(err, ErrPayloadTooLarge):
+		return CodePayloadTooLarge
+	case errors.Is(err, actor.ErrInvalidID):
+		return CodeInvalidID
+	case errors.Is(err, context.DeadlineExceeded):
+		return CodeTimeout
+	case errors.Is(err, context.Canceled):
+		return CodeCanceled
+	}
+	return ""
+}
+
+// CodeOf returns the wire code of an outcome as an Observer sees it: ""
+// for nil, the code RemoteCode finds, the code of an actor error
+// (CodeMailboxFull, ...), or CodeError for any other error.
+func CodeOf(err error) string {
+	if err == nil {
+		return ""
+	}
+	if c := RemoteCode(err); c != "" {
+		return c
+	}
+	return codeOf(err)
+}
+
+// DeclaredFailure wraps one of an RPC's declared failures in the outcomes
+// Observers hear (CallObservation.Done, CallSent's function), so that they
+// can tell it from other errors; Failure is its declared name. Callers of
+// Call get the failure itself, never this wrapper.
+type DeclaredFailure struct {
+	Failure string
+	Err     error
+}
+
+func (f *DeclaredFailure) Error() string { return f.Err.Error() }
+func (f *DeclaredFailure) Unwrap() error { return f.Err }
+
+// declared wraps err in a DeclaredFailure if it is one of info's declared
+// failures.
+func declared(info actor.RPCInfo, err error) error {
+	if err == nil || info == nil {
+		return err
+	}
+	for _, f := range info.Failures() {
+		if errors.As(err, reflect.New(f.Type).Interface()) {
+			return &DeclaredFailure{Failure: f.Code, Err: err}
+		}
+	}
+	return err
+}

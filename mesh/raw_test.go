@@ -1,0 +1,99 @@
+package mesh_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/mesh"
+)
+
+func TestCallRaw(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	id := "raw id/with.dots *>"
+	for _, tt := range []struct {
+		name    string
+		call    mesh.RawCall
+		want    string
+		code    string
+		failure string
+	}{
+		{name: "json", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Increment", Codec: mesh.CodecJSON, Payload: []byte(`{"amount":5}`)}, want: "5"},
+		{name: "json again", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "GetValue", Codec: mesh.CodecJSON, Payload: []byte(`{}`)}, want: "5"},
+		{name: "declared failure", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Withdraw", Codec: mesh.CodecJSON, Payload: []byte(`{"amount":9}`)}, code: mesh.CodeFailure, failure: "InsufficientFunds"},
+		{name: "unknown rpc", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Nope", Codec: mesh.CodecJSON, Payload: []byte(`{}`)}, code: mesh.CodeUnknownRPC},
+		{name: "unknown entity", call: mesh.RawCall{EntityType: "Nope", ID: id, RPC: "Nope", Codec: mesh.CodecJSON, Payload: []byte(`{}`)}, code: mesh.CodeUnknownEntity},
+		{name: "malformed", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Increment", Codec: mesh.CodecJSON, Payload: []byte(`{"amount":`)}, code: mesh.CodeMalformed},
+		{name: "defect", call: mesh.RawCall{EntityType: "Counter", ID: "other", RPC: "Panic", Codec: mesh.CodecJSON, Payload: []byte(`"boom"`)}, code: mesh.CodeDefect},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := e.c.CallRaw(ctx, tt.call)
+			if tt.code == "" {
+				if err != nil || string(got) != tt.want {
+					t.Fatalf("CallRaw = %q, %v; want %q", got, err, tt.want)
+				}
+				return
+			}
+			var me *mesh.Error
+			if !errors.As(err, &me) || me.Code != tt.code || me.Failure != tt.failure {
+				t.Fatalf("CallRaw error = %#v; want code %s failure %q", err, tt.code, tt.failure)
+			}
+			if mesh.RemoteCode(err) != tt.code {
+				t.Fatalf("RemoteCode = %q, want %q", mesh.RemoteCode(err), tt.code)
+			}
+			if tt.failure != "" {
+				var f InsufficientFunds
+				if err := json.Unmarshal(me.Detail, &f); err != nil || f.Wanted != 9 {
+					t.Fatalf("failure detail %q: %+v, %v", me.Detail, f, err)
+				}
+			}
+		})
+	}
+	// The msgpack client's codec round-trips too, and the value is shared.
+	if v, err := mesh.Call(ctx, e.c, GetValue, id, actor.Empty{}); err != nil || v != 5 {
+		t.Fatalf("GetValue after raw calls = %d, %v", v, err)
+	}
+	if _, err := e.c.CallRaw(ctx, mesh.RawCall{EntityType: "Counter", ID: id, RPC: "GetValue", Codec: "xml"}); !errors.Is(err, mesh.ErrInvalidOption) {
+		t.Fatalf("unknown codec: %v", err)
+	}
+	if _, err := e.c.CallRaw(ctx, mesh.RawCall{EntityType: "Counter", ID: "", RPC: "GetValue"}); !errors.Is(err, actor.ErrInvalidID) {
+		t.Fatalf("empty id: %v", err)
+	}
+	if _, err := e.c.CallRaw(ctx, mesh.RawCall{EntityType: "Co.unter", ID: "x", RPC: "GetValue"}); !errors.Is(err, mesh.ErrBadRequest) {
+		t.Fatalf("bad type token: %v", err)
+	}
+}
+
+func TestRunnerReady(t *testing.T) {
+	s := natstest.StartServer(t)
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	r, err := mesh.NewRunner(nc, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ready() {
+		t.Fatal("Ready before Start")
+	}
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Ready() {
+		t.Fatal("standalone runner not Ready after Start")
+	}
+	if err := r.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if r.Ready() {
+		t.Fatal("Ready after Shutdown")
+	}
+}
