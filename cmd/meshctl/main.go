@@ -15,7 +15,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -35,39 +34,40 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "meshctl:", err)
-		os.Exit(1)
-	}
+	cli.Exit("meshctl", run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
 const usage = `usage: meshctl [flags] status | shards | singletons | call TYPE ID RPC [JSON] | deadletters [redrive SEQ]`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("meshctl", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	s := cli.NewSettings("meshctl", stderr)
+	s.SetOutput(stdout)
+	fs := s.FlagSet()
 	fs.Usage = func() { fmt.Fprintln(stderr, usage); fs.PrintDefaults() }
 	var (
 		conn    cli.Conn
-		prefix  = fs.String("prefix", "mesh", "subject prefix of the cluster")
-		shards  = fs.Int("shards", 300, "shards per group")
-		output  = fs.String("o", "table", "output: table or json")
-		timeout = fs.Duration("timeout", 10*time.Second, "time limit of the command")
+		output  string
+		timeout time.Duration
 	)
-	conn.Register(fs)
-	if err := fs.Parse(args); err != nil {
+	conn.Register(s)
+	settings := cli.RegisterMesh(s, cli.Cluster)
+	s.String(&output, "table", cli.Spec{Name: "o", Env: "NATSMESH_OUTPUT", Usage: "output: table or json"})
+	s.Duration(&timeout, 10*time.Second, cli.Spec{Name: "timeout", Usage: "time limit of the command"})
+	s.Check(func() error {
+		if output != "table" && output != "json" {
+			return cli.Bad("o", "want table or json, got %q", output)
+		}
+		return nil
+	})
+	if err := s.Parse(args); err != nil {
 		return err
-	}
-	if *output != "table" && *output != "json" {
-		return fmt.Errorf("-o %q: want table or json", *output)
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
 		return errors.New(usage)
 	}
-	cfg := mesh.DefaultConfig()
-	cfg.Prefix, cfg.ShardsPerGroup = *prefix, *shards
-	if err := cfg.Validate(); err != nil {
+	cfg, err := settings.Config()
+	if err != nil {
 		return err
 	}
 	conn.Name = "natsmesh-meshctl"
@@ -76,7 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
 	switch cmd := rest[0]; cmd {
@@ -88,7 +88,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *output == "json" {
+		if output == "json" {
 			return writeJSON(stdout, st, cmd)
 		}
 		return writeTable(stdout, st, cmd)
@@ -100,7 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if len(rest) == 5 {
 			payload = rest[4]
 		}
-		return call(ctx, nc, cfg, stdout, rest[1], rest[2], rest[3], payload, *output)
+		return call(ctx, nc, cfg, stdout, rest[1], rest[2], rest[3], payload, output)
 	case "deadletters":
 		switch {
 		case len(rest) == 1:
@@ -108,7 +108,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
-			if *output == "json" {
+			if output == "json" {
 				enc := json.NewEncoder(stdout)
 				enc.SetIndent("", "  ")
 				return enc.Encode(dls)

@@ -7,45 +7,58 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	natsjs "github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natsmesh/natsmesh/internal/cli"
+	"github.com/natsmesh/natsmesh/internal/ops"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/observe/prom"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "shardmgr:", err)
-		os.Exit(1)
-	}
+	cli.Exit("shardmgr", run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("shardmgr", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	s := cli.NewSettings("shardmgr", stderr)
+	s.SetOutput(stdout)
 	var (
 		conn    cli.Conn
-		cluster cli.Cluster
+		logging cli.Logging
+		web     cli.Ops
 	)
-	conn.Register(fs)
-	cluster.Register(fs)
-	if err := fs.Parse(args); err != nil {
+	conn.Register(s)
+	settings := cli.RegisterMesh(s, cli.Cluster|cli.Coordination)
+	logging.Register(s)
+	web.Register(s)
+	if err := s.Parse(args); err != nil {
 		return err
 	}
-	cfg, log, err := cluster.Config()
+	cfg, err := settings.Config()
 	if err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
+	log := logging.Logger(stderr)
+	cfg.Logger = log
+	srv, err := ops.Listen(web.HTTP, log)
+	if err != nil {
 		return err
 	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
 	conn.Name = "natsmesh-shardmgr"
 	nc, err := conn.Connect()
 	if err != nil {
@@ -56,6 +69,28 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("shard manager starting", "id", m.ID(), "nats", conn.URL, "prefix", cfg.Prefix)
+	log = log.With("manager", m.ID())
+	srv.AddCheck(ops.NATS(nc), ops.Ready("shardmgr", m))
+	srv.Started()
+	// Metrics only: a shard manager takes no calls, so it has no spans.
+	tel, err := ops.NewTelemetry(ctx, "shardmgr", m.ID(), cli.Tracing{Exporter: "none"})
+	if err != nil {
+		return err
+	}
+	js, err := natsjs.New(nc)
+	if err != nil {
+		return err
+	}
+	tel.Registry.MustRegister(prom.NewStreams(js, cfg.Prefix), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "natsmesh_shardmgr_leader",
+		Help: "1 while this shard manager leads.",
+	}, func() float64 {
+		if m.IsLeader() {
+			return 1
+		}
+		return 0
+	}))
+	tel.Serve(srv, log)
+	log.Info("shard manager starting", "nats", conn.URL, "prefix", cfg.Prefix, "http", srv.Addr())
 	return m.Run(ctx)
 }

@@ -1,20 +1,21 @@
-// Package cli holds what every natsmesh binary shares: NATS connection
-// flags (URL, credentials, TLS) with environment fallbacks, and logging.
+// Package cli holds what every natsmesh binary shares: settings taken from
+// flags, environment variables and a YAML file (Settings), the NATS
+// connection (Conn), the mesh configuration (Mesh) and logging (Logging).
+// docs/configuration.md lists every setting.
 package cli
 
 import (
-	"errors"
-	"flag"
-	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 
 	"github.com/nats-io/nats.go"
 )
 
-// Conn is how a binary connects to NATS. Every field has a flag and an
-// environment variable (the flag wins).
+// Conn is how a binary connects to NATS; Register makes each field a
+// setting.
 type Conn struct {
 	URL      string // -nats, NATS_URL
 	Creds    string // -creds, NATS_CREDS: a credentials file (JWT + NKey seed)
@@ -25,30 +26,30 @@ type Conn struct {
 	TLSCA    string // -tls-ca, NATS_CA: CA certificate file
 	TLSCert  string // -tls-cert, NATS_CERT: client certificate file
 	TLSKey   string // -tls-key, NATS_KEY: client key file
-	Name     string // connection name shown by the server
+	// InboxPrefix (-inbox-prefix, NATS_INBOX_PREFIX) replaces "_INBOX" in
+	// the subjects replies come back on, so that server permissions can let
+	// each user subscribe to its own replies only (docs/security.md).
+	InboxPrefix string
+	Name        string // connection name shown by the server
 }
 
-// Register adds the connection flags to fs, with defaults from the
-// environment.
-func (c *Conn) Register(fs *flag.FlagSet) {
-	env := func(k, def string) string {
-		if v, ok := os.LookupEnv(k); ok {
-			return v
-		}
-		return def
-	}
-	fs.StringVar(&c.URL, "nats", env("NATS_URL", nats.DefaultURL), "NATS server URLs, comma-separated (env NATS_URL)")
-	fs.StringVar(&c.Creds, "creds", env("NATS_CREDS", ""), "NATS credentials file (env NATS_CREDS)")
-	fs.StringVar(&c.NKey, "nkey", env("NATS_NKEY", ""), "NKey seed file (env NATS_NKEY)")
-	fs.StringVar(&c.User, "user", env("NATS_USER", ""), "NATS user (env NATS_USER)")
-	fs.StringVar(&c.Password, "password", env("NATS_PASSWORD", ""), "NATS password (env NATS_PASSWORD)")
-	fs.StringVar(&c.Token, "token", env("NATS_TOKEN", ""), "NATS token (env NATS_TOKEN)")
-	fs.StringVar(&c.TLSCA, "tls-ca", env("NATS_CA", ""), "CA certificate file for TLS (env NATS_CA)")
-	fs.StringVar(&c.TLSCert, "tls-cert", env("NATS_CERT", ""), "client certificate file for TLS (env NATS_CERT)")
-	fs.StringVar(&c.TLSKey, "tls-key", env("NATS_KEY", ""), "client key file for TLS (env NATS_KEY)")
+// Register adds the connection settings to s. Their environment variables
+// are those of the nats CLI, so one environment serves both.
+func (c *Conn) Register(s *Settings) {
+	s.String(&c.URL, nats.DefaultURL, Spec{Name: "nats", Env: "NATS_URL", Usage: "NATS server URLs, comma-separated"})
+	s.String(&c.Creds, "", Spec{Name: "creds", Env: "NATS_CREDS", Usage: "NATS credentials file (JWT and NKey seed)"})
+	s.String(&c.NKey, "", Spec{Name: "nkey", Env: "NATS_NKEY", Usage: "NKey seed file"})
+	s.String(&c.User, "", Spec{Name: "user", Env: "NATS_USER", Usage: "NATS user"})
+	s.String(&c.Password, "", Spec{Name: "password", Env: "NATS_PASSWORD", Usage: "NATS password", Secret: true})
+	s.String(&c.Token, "", Spec{Name: "token", Env: "NATS_TOKEN", Usage: "NATS token", Secret: true})
+	s.String(&c.TLSCA, "", Spec{Name: "tls-ca", Env: "NATS_CA", Usage: "CA certificate file for TLS"})
+	s.String(&c.TLSCert, "", Spec{Name: "tls-cert", Env: "NATS_CERT", Usage: "client certificate file for TLS"})
+	s.String(&c.TLSKey, "", Spec{Name: "tls-key", Env: "NATS_KEY", Usage: "client key file for TLS"})
+	s.String(&c.InboxPrefix, "", Spec{Name: "inbox-prefix", Env: "NATS_INBOX_PREFIX", Usage: "subject prefix of reply inboxes instead of _INBOX (see docs/security.md)"})
+	s.Check(c.Validate)
 }
 
-// Validate reports conflicting or incomplete settings by flag name.
+// Validate reports conflicting or incomplete settings as a *FieldError.
 func (c *Conn) Validate() error {
 	auth := 0
 	for _, set := range []bool{c.Creds != "", c.NKey != "", c.User != "", c.Token != ""} {
@@ -58,20 +59,22 @@ func (c *Conn) Validate() error {
 	}
 	switch {
 	case strings.TrimSpace(c.URL) == "":
-		return errors.New("-nats: no server URL")
+		return Bad("nats", "no server URL")
 	case auth > 1:
-		return errors.New("-creds, -nkey, -user and -token are exclusive: set one")
+		return Bad("creds", "creds, nkey, user and token are exclusive: set one")
 	case c.Password != "" && c.User == "":
-		return errors.New("-password needs -user")
+		return Bad("password", "password needs user")
 	case (c.TLSCert == "") != (c.TLSKey == ""):
-		return errors.New("-tls-cert and -tls-key go together")
+		return Bad("tls-cert", "tls-cert and tls-key go together")
+	case c.InboxPrefix != "" && !validInboxPrefix(c.InboxPrefix):
+		return Bad("inbox-prefix", "want subject tokens without wildcards or white space, not ending in a dot, got %q", c.InboxPrefix)
 	}
-	for flagName, path := range map[string]string{"-creds": c.Creds, "-nkey": c.NKey, "-tls-ca": c.TLSCA, "-tls-cert": c.TLSCert, "-tls-key": c.TLSKey} {
-		if path == "" {
+	for _, f := range []struct{ key, path string }{{"creds", c.Creds}, {"nkey", c.NKey}, {"tls-ca", c.TLSCA}, {"tls-cert", c.TLSCert}, {"tls-key", c.TLSKey}} {
+		if f.path == "" {
 			continue
 		}
-		if _, err := os.Stat(path); err != nil {
-			return fmt.Errorf("%s: %w", flagName, err)
+		if _, err := os.Stat(f.path); err != nil {
+			return &FieldError{Key: f.key, Reason: err.Error(), Err: err}
 		}
 	}
 	return nil
@@ -89,7 +92,7 @@ func (c *Conn) Options() ([]nats.Option, error) {
 	case c.NKey != "":
 		o, err := nats.NkeyOptionFromSeed(c.NKey)
 		if err != nil {
-			return nil, fmt.Errorf("-nkey: %w", err)
+			return nil, &FieldError{Key: "nkey", Reason: err.Error(), Err: err}
 		}
 		opts = append(opts, o)
 	case c.User != "":
@@ -103,7 +106,21 @@ func (c *Conn) Options() ([]nats.Option, error) {
 	if c.TLSCert != "" {
 		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
 	}
+	if c.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
+	}
 	return opts, nil
+}
+
+// validInboxPrefix reports whether p can start inbox subjects: literal
+// tokens separated by single dots.
+func validInboxPrefix(p string) bool {
+	for _, tok := range strings.Split(p, ".") {
+		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n*>") {
+			return false
+		}
+	}
+	return true
 }
 
 // Connect validates the settings and connects.
@@ -118,11 +135,88 @@ func (c *Conn) Connect() (*nats.Conn, error) {
 	return nats.Connect(c.URL, opts...)
 }
 
-// Logger returns a text logger on stderr at the named level.
-func Logger(level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
+// Logging is the log level and format of a binary.
+type Logging struct {
+	Level  string
+	Format string
+}
+
+// Register adds log-level and log-format to s.
+func (l *Logging) Register(s *Settings) {
+	s.String(&l.Level, "info", Spec{Name: "log-level", Usage: "debug, info, warn or error"})
+	s.String(&l.Format, "text", Spec{Name: "log-format", Usage: "text (logfmt) or json"})
+	s.Check(func() error {
+		if _, err := l.level(); err != nil {
+			return err
+		}
+		if l.Format != "text" && l.Format != "json" {
+			return Bad("log-format", "want text or json, got %q", l.Format)
+		}
+		return nil
+	})
+}
+
+func (l *Logging) level() (slog.Level, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(l.Level)); err != nil {
+		return 0, Bad("log-level", "want debug, info, warn or error, got %q", l.Level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	return lv, nil
+}
+
+// Logger returns a structured logger writing to w.
+func (l *Logging) Logger(w io.Writer) *slog.Logger {
+	lv, err := l.level()
+	if err != nil {
+		lv = slog.LevelInfo // Register's check already refused it
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if l.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// Ops is where a binary serves /healthz, /readyz and /metrics.
+type Ops struct {
+	HTTP string
+}
+
+// Register adds http to s.
+func (o *Ops) Register(s *Settings) {
+	s.String(&o.HTTP, "", Spec{Name: "http", Usage: "listen address of /healthz, /readyz and /metrics, e.g. :8080 (empty: none)"})
+	s.Check(func() error {
+		if o.HTTP == "" {
+			return nil
+		}
+		if _, _, err := net.SplitHostPort(o.HTTP); err != nil {
+			return Bad("http", "want host:port or :port, got %q", o.HTTP)
+		}
+		return nil
+	})
+}
+
+// Tracing says where a binary's spans go. Its environment variables are
+// OpenTelemetry's standard ones, and the exporter reads the others it
+// knows (OTEL_EXPORTER_OTLP_HEADERS, ..._CERTIFICATE, ..._TIMEOUT) itself.
+type Tracing struct {
+	Exporter string
+	Protocol string
+	Endpoint string
+}
+
+// Register adds trace-exporter, trace-protocol and trace-endpoint to s.
+func (t *Tracing) Register(s *Settings) {
+	s.String(&t.Exporter, "none", Spec{Name: "trace-exporter", Env: "OTEL_TRACES_EXPORTER", Usage: "where spans go: none or otlp"})
+	s.String(&t.Protocol, "grpc", Spec{Name: "trace-protocol", Env: "OTEL_EXPORTER_OTLP_PROTOCOL", Usage: "OTLP transport: grpc or http/protobuf"})
+	s.String(&t.Endpoint, "", Spec{Name: "trace-endpoint", Env: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Usage: "OTLP traces URL, e.g. http://collector:4317 (empty: OTEL_EXPORTER_OTLP_ENDPOINT or localhost)"})
+	s.Check(func() error {
+		switch {
+		case t.Exporter != "none" && t.Exporter != "otlp":
+			return Bad("trace-exporter", "want none or otlp, got %q", t.Exporter)
+		case t.Protocol != "grpc" && t.Protocol != "http/protobuf":
+			return Bad("trace-protocol", "want grpc or http/protobuf, got %q", t.Protocol)
+		}
+		return nil
+	})
 }

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/natsmesh/natsmesh/examples/counter"
+	"github.com/natsmesh/natsmesh/internal/authtest"
+	"github.com/natsmesh/natsmesh/mesh"
+)
+
+// meshctl reaches a server that requires mutual TLS and a credentials
+// file: it reads the cluster's state and calls an entity.
+func TestSecureServer(t *testing.T) {
+	sec := authtest.StartSecure(t)
+	cfg := mesh.DefaultConfig()
+	cfg.ShardsPerGroup, cfg.Standalone = 8, true
+	r, err := mesh.NewRunner(sec.Connect(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Register(counter.Behavior(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = r.Shutdown(ctx)
+	})
+	for _, args := range [][]string{
+		{"status"},
+		{"call", "Counter", "user-1", "Increment", `{"amount":4}`},
+	} {
+		var out, errs bytes.Buffer
+		full := append(append([]string{}, sec.Flags...), append([]string{"-shards", "8"}, args...)...)
+		if err := run(context.Background(), full, &out, &errs); err != nil {
+			t.Fatalf("meshctl %v over TLS with credentials: %v\n%s", args, err, errs.String())
+		}
+		if args[0] == "call" && strings.TrimSpace(out.String()) != "4" {
+			t.Fatalf("meshctl %v = %q, want 4", args, out.String())
+		}
+	}
+}
