@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -40,8 +41,14 @@ var CounterLive = actor.Implement(Counter, func(self *actor.Instance) ([]actor.H
 }, actor.MaxIdleTime(10*time.Second), actor.Concurrency(actor.Unbounded))
 
 func main() {
-	// A NATS server inside this process (use a real cluster in production).
-	ns, err := server.NewServer(&server.Options{DontListen: true, JetStream: true, JetStreamMaxStore: -1, NoSigs: true})
+	// A NATS server inside this process (use a real cluster in production),
+	// its JetStream data in a folder of its own, removed at the end.
+	dir, err := os.MkdirTemp("", "natsmesh-complete")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ns, err := server.NewServer(&server.Options{DontListen: true, JetStream: true, JetStreamMaxStore: -1, NoSigs: true, StoreDir: dir})
 	if err != nil {
 		log.Fatal(err)
 	}

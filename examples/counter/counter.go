@@ -1,6 +1,7 @@
 // Package counter is the seed's Counter entity (Increment, Decrement,
-// GetValue), plus a declared failure and a streaming RPC so that every kind of
-// call can be tried from the dev runner, the nats CLI or another language.
+// GetValue), plus a declared failure, a streaming RPC and a persisted one
+// (Deposit), so that every kind of call can be tried from the dev runner,
+// the nats CLI or another language.
 package counter
 
 import (
@@ -37,6 +38,10 @@ var (
 	Withdraw = actor.NewRPC[Amount, int](Counter, "Withdraw", actor.Failure[*Overdrawn]("Overdrawn"))
 	// Countdown streams n, n-1, ..., 1.
 	Countdown = actor.NewStreamRPC[int, int](Counter, "Countdown")
+	// Deposit adds like Increment, but is persisted: stored in JetStream
+	// before it is handled, handled at least once, deduplicated by message
+	// id (docs/persistence.md).
+	Deposit = actor.NewRPC[Amount, int](Counter, "Deposit", actor.Persisted())
 )
 
 // Behavior implements Counter with in-memory state. log may be nil.
@@ -53,6 +58,10 @@ func Behavior(log *slog.Logger, opts ...actor.Option) *actor.Behavior {
 		})
 		return []actor.Handler{
 			actor.Handle(Increment, func(_ context.Context, a Amount) (int, error) {
+				state += a.Amount
+				return state, nil
+			}),
+			actor.Handle(Deposit, func(_ context.Context, a Amount) (int, error) {
 				state += a.Amount
 				return state, nil
 			}),

@@ -1,0 +1,507 @@
+package reminder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/internal/cronexpr"
+	"github.com/natsmesh/natsmesh/internal/records"
+	"github.com/natsmesh/natsmesh/mesh"
+)
+
+// Errors of the package.
+var (
+	// ErrInvalid wraps every rejected argument (name, time, period, cron
+	// expression, an RPC that is not a reminder RPC).
+	ErrInvalid = errors.New("reminder: invalid argument")
+	// ErrNotFound is returned by Get for a reminder that is not registered.
+	ErrNotFound = errors.New("reminder: not found")
+)
+
+// RPCName is the name of the reminder RPC NewRPC declares.
+const RPCName = "Remind"
+
+// MinPeriod is the shortest period: JetStream schedules have a resolution of
+// one second.
+const MinPeriod = time.Second
+
+// Message is the payload of an entity's reminder RPC: a tick, or a register
+// or cancel command applied in the entity's message order. Only this package
+// builds them.
+type Message struct {
+	Op   string `json:"op"`
+	Name string `json:"name"`
+	// Gen is the registration a tick belongs to: a tick of an earlier
+	// registration of the same name is dropped.
+	Gen string `json:"gen,omitempty"`
+	// At is a tick's due time, or a registration's first due time (0: the
+	// cron expression's next time), in Unix nanoseconds.
+	At   int64 `json:"at,omitempty"`
+	Spec Spec  `json:"spec"`
+}
+
+const (
+	opTick     = "tick"
+	opRegister = "register"
+	opCancel   = "cancel"
+)
+
+// Spec is how a reminder repeats.
+type Spec struct {
+	// Period repeats the reminder every Period after its first due time
+	// (0: no period).
+	Period time.Duration `json:"period,omitempty"`
+	// Cron repeats it at the times of a cron expression in time zone TZ
+	// (IANA name; "" is UTC).
+	Cron string `json:"cron,omitempty"`
+	TZ   string `json:"tz,omitempty"`
+	// CatchUp delivers every tick missed while the entity could not run
+	// (one after the other, late), instead of one late tick for all.
+	CatchUp bool `json:"catchUp,omitempty"`
+}
+
+func (s Spec) repeats() bool { return s.Period > 0 || s.Cron != "" }
+
+// Tick is one delivery of a reminder to its entity.
+type Tick struct {
+	// Name is the reminder's name.
+	Name string
+	// Due is the tick's scheduled time; the handler runs at or after it.
+	Due time.Time
+}
+
+// Info describes a registered reminder.
+type Info struct {
+	Entity string
+	ID     string
+	Name   string
+	Spec   Spec
+	// Due is the next tick's time.
+	Due time.Time
+	// Registered is when the reminder was (last) registered.
+	Registered time.Time
+}
+
+// record is a reminder's state in the bucket, written only from its
+// entity's mailbox.
+type record struct {
+	Entity string `json:"entity"`
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Gen    string `json:"gen"`
+	Spec   Spec   `json:"spec"`
+	// First is the requested first due time (0 for a cron reminder
+	// registered without one): with Spec, what makes a registration equal
+	// to another.
+	First int64 `json:"first"`
+	// Origin anchors a period's grid of tick times.
+	Origin int64 `json:"origin"`
+	// Due is the armed tick: its message is stored (scheduled or fired).
+	Due int64 `json:"due"`
+	// Last is the tick whose handling armed Due: a redelivery of it (its
+	// runner died before acknowledging it) runs the handler again.
+	Last       int64     `json:"last,omitempty"`
+	Registered time.Time `json:"registered"`
+}
+
+// Option configures a registration.
+type Option func(*Spec) error
+
+// Every repeats a reminder every d (at least MinPeriod) after its first due
+// time.
+func Every(d time.Duration) Option {
+	return func(s *Spec) error {
+		if d < MinPeriod {
+			return fmt.Errorf("%w: period %v below %v", ErrInvalid, d, MinPeriod)
+		}
+		s.Period = d
+		return nil
+	}
+}
+
+// Cron repeats a reminder at the times of a cron expression (see package
+// cron for the syntax) read in loc (nil: UTC).
+func Cron(expr string, loc *time.Location) Option {
+	return func(s *Spec) error {
+		if loc == nil {
+			loc = time.UTC
+		}
+		// The zone travels by name to whichever runner computes the next
+		// tick: it must be one time.LoadLocation knows.
+		if _, err := time.LoadLocation(loc.String()); err != nil {
+			return fmt.Errorf("%w: time zone %q is not loadable by name", ErrInvalid, loc.String())
+		}
+		if _, err := cronexpr.Parse(expr, loc); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		s.Cron, s.TZ = expr, loc.String()
+		return nil
+	}
+}
+
+// CatchUp delivers every tick missed while the entity could not run, in
+// order, instead of one late tick standing for all of them.
+func CatchUp() Option { return func(s *Spec) error { s.CatchUp = true; return nil } }
+
+// Service registers, cancels and delivers reminders. One serves a whole
+// process (runner or client); it is safe for concurrent use.
+type Service struct {
+	client *mesh.Client
+	store  *records.Store
+	log    *slog.Logger
+}
+
+// New opens the reminder bucket (<prefix>_reminders, created if absent)
+// on nc for the cluster cfg describes.
+func New(ctx context.Context, nc *nats.Conn, cfg mesh.Config) (*Service, error) {
+	client, err := mesh.NewClient(nc, cfg)
+	if err != nil {
+		return nil, err
+	}
+	store, err := records.Open(ctx, nc, records.Config{
+		Bucket:      cfg.Prefix + "_reminders",
+		Description: "natsmesh reminders, by entity and name",
+		Replicas:    cfg.StorageReplicas,
+	})
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{client: client, store: store, log: log}, nil
+}
+
+// NewRPC declares entity e's reminder RPC (persisted, named RPCName). Its
+// behaviour must handle it with Service.Handle.
+func NewRPC(e *actor.Entity) actor.RPC[Message, actor.Empty] {
+	return actor.NewRPC[Message, actor.Empty](e, RPCName, actor.Persisted())
+}
+
+func checkRPC(rpc actor.RPC[Message, actor.Empty]) error {
+	info := rpc.Info()
+	if info == nil || info.Name() != RPCName || !info.Persisted() {
+		return fmt.Errorf("%w: not a reminder RPC (declare it with reminder.NewRPC)", ErrInvalid)
+	}
+	return nil
+}
+
+func checkName(name string) error {
+	if name == "" || len(name) > 256 || !utf8.ValidString(name) {
+		return fmt.Errorf("%w: name %q (1-256 bytes of UTF-8)", ErrInvalid, name)
+	}
+	return nil
+}
+
+// Register registers (or replaces) the reminder name of entity id: its first
+// tick is due at due, and it repeats as opts say (Every, Cron; none: once).
+// A cron reminder may leave due zero to start at the expression's next
+// time. Registering a name again with the same due time and options changes
+// nothing; with others it replaces the reminder (the old one's pending tick
+// is dropped).
+//
+// The registration is a persisted message to the entity, applied in its
+// message order (never concurrently with its ticks): Register returns once
+// it is stored, and it takes effect before the entity handles any message
+// sent after. It may be called from anywhere, the entity's own handlers
+// included.
+//
+// Errors: ErrInvalid, or the mesh's errors for a persisted Send.
+func (s *Service) Register(ctx context.Context, rpc actor.RPC[Message, actor.Empty], id, name string, due time.Time, opts ...Option) error {
+	if err := checkRPC(rpc); err != nil {
+		return err
+	}
+	if err := checkName(name); err != nil {
+		return err
+	}
+	var spec Spec
+	for _, o := range opts {
+		if err := o(&spec); err != nil {
+			return err
+		}
+	}
+	if spec.Period > 0 && spec.Cron != "" {
+		return fmt.Errorf("%w: both a period and a cron expression", ErrInvalid)
+	}
+	if due.IsZero() && spec.Cron == "" {
+		return fmt.Errorf("%w: no due time", ErrInvalid)
+	}
+	var at int64
+	if !due.IsZero() {
+		at = due.UnixNano()
+	}
+	return mesh.Send(ctx, s.client, rpc, id, Message{Op: opRegister, Name: name, At: at, Spec: spec})
+}
+
+// Cancel cancels the reminder name of entity id, in the entity's message
+// order like Register: it returns once stored, and no tick the entity
+// handles after it runs the handler. A tick due before Cancel was called
+// may still be delivered. Cancelling an unknown name does nothing.
+func (s *Service) Cancel(ctx context.Context, rpc actor.RPC[Message, actor.Empty], id, name string) error {
+	if err := checkRPC(rpc); err != nil {
+		return err
+	}
+	if err := checkName(name); err != nil {
+		return err
+	}
+	return mesh.Send(ctx, s.client, rpc, id, Message{Op: opCancel, Name: name})
+}
+
+// Get returns the registered reminder name of entity id, read from the
+// bucket's leader. Errors: ErrNotFound, ErrInvalid.
+func (s *Service) Get(ctx context.Context, rpc actor.RPC[Message, actor.Empty], id, name string) (Info, error) {
+	if err := checkRPC(rpc); err != nil {
+		return Info{}, err
+	}
+	var rec record
+	_, err := s.store.Get(ctx, records.Key(rpc.Info().Entity().Name(), id, name), &rec)
+	if errors.Is(err, records.ErrNotFound) {
+		return Info{}, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	if err != nil {
+		return Info{}, err
+	}
+	return rec.info(), nil
+}
+
+// List returns the names of entity id's registered reminders.
+func (s *Service) List(ctx context.Context, rpc actor.RPC[Message, actor.Empty], id string) ([]string, error) {
+	if err := checkRPC(rpc); err != nil {
+		return nil, err
+	}
+	keys, err := s.store.Keys(ctx, records.Key(rpc.Info().Entity().Name(), id)+".>")
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(keys))
+	for _, k := range keys {
+		names = append(names, records.Part(k, 2))
+	}
+	return names, nil
+}
+
+func (r *record) info() Info {
+	return Info{Entity: r.Entity, ID: r.ID, Name: r.Name, Spec: r.Spec, Due: time.Unix(0, r.Due), Registered: r.Registered}
+}
+
+// Handle returns the handler of the reminder RPC for the activation self:
+// it applies registrations and cancellations, and calls fn for each tick of
+// a registered reminder. Put it among the entity's handlers:
+//
+//	actor.Handle(...), rem.Handle(Remind, self, func(ctx context.Context, t reminder.Tick) error { ... })
+//
+// fn runs in the entity's mailbox like any handler. Its error is the tick's
+// reply (the tick counts as delivered); a panic retries the tick as any
+// persisted message (PersistMaxAttempts, then a dead letter).
+func (s *Service) Handle(rpc actor.RPC[Message, actor.Empty], self *actor.Instance, fn func(ctx context.Context, t Tick) error) actor.Handler {
+	if err := checkRPC(rpc); err != nil {
+		panic(err) // programmer error at setup
+	}
+	addr := self.Address()
+	return actor.Handle(rpc, func(ctx context.Context, m Message) (actor.Empty, error) {
+		return actor.Empty{}, s.handle(ctx, rpc, addr, m, fn)
+	})
+}
+
+func (s *Service) handle(ctx context.Context, rpc actor.RPC[Message, actor.Empty], addr actor.Address, m Message, fn func(context.Context, Tick) error) error {
+	if err := checkName(m.Name); err != nil {
+		return err
+	}
+	// The store's operations are bounded; the user's handler keeps the
+	// message's own context.
+	run := func(t Tick) error { return fn(ctx, t) }
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, storeTimeout)
+		defer cancel()
+	}
+	key := records.Key(addr.Type, addr.ID, m.Name)
+	// The record is written only from this mailbox, so a conflict means a
+	// stale instance (a fenced runner) or a stale read raced us: read again.
+	for attempt := 1; ; attempt++ {
+		var err error
+		switch m.Op {
+		case opRegister:
+			err = s.register(ctx, rpc, addr, key, m)
+		case opCancel:
+			err = s.store.Delete(ctx, key, 0)
+		case opTick:
+			return s.tick(ctx, rpc, addr, key, m, run)
+		default:
+			return fmt.Errorf("%w: operation %q", ErrInvalid, m.Op)
+		}
+		if errors.Is(err, ErrInvalid) {
+			return err // cannot succeed: answered, not retried
+		}
+		if !errors.Is(err, records.ErrConflict) || attempt == 3 {
+			return retryable(err)
+		}
+	}
+}
+
+// storeTimeout bounds the bucket and stream operations of one message.
+const storeTimeout = 10 * time.Second
+
+// retryable turns a storage failure into a panic, which the mesh answers by
+// retrying the persisted message with backoff (and dead-lettering it after
+// PersistMaxAttempts): returning the error would count the message handled.
+func retryable(err error) error {
+	if err != nil {
+		panic(fmt.Sprintf("reminder: %v (the message is retried)", err))
+	}
+	return nil
+}
+
+func (s *Service) register(ctx context.Context, rpc actor.RPC[Message, actor.Empty], addr actor.Address, key string, m Message) error {
+	var cur record
+	rev, err := s.store.Get(ctx, key, &cur)
+	switch {
+	case errors.Is(err, records.ErrNotFound):
+	case err != nil:
+		return err
+	case cur.First == m.At && cur.Spec == m.Spec:
+		// Registered already: keep its ticks going. Arming the armed tick
+		// again restores it if its message was lost (a purged stream); if
+		// not, it is deduplicated or answered from its stored reply.
+		return s.arm(ctx, rpc, addr.ID, cur.Name, cur.Gen, cur.Due)
+	}
+	now := time.Now()
+	first := m.At
+	if first == 0 {
+		sched, err := parseCron(m.Spec)
+		if err != nil {
+			return err
+		}
+		next := sched.Next(now)
+		if next.IsZero() {
+			return fmt.Errorf("%w: cron %q has no next time", ErrInvalid, m.Spec.Cron)
+		}
+		first = next.UnixNano()
+	}
+	rec := record{
+		Entity: addr.Type, ID: addr.ID, Name: m.Name, Gen: nuid.Next(), Spec: m.Spec,
+		First: m.At, Origin: first, Due: first, Registered: now,
+	}
+	// Tick first, record second: a crash in between leaves a tick of an
+	// unknown generation (dropped when it fires) and this message
+	// unacknowledged (applied again). The tick cannot run before the record
+	// is written: it queues behind this message.
+	if err := s.arm(ctx, rpc, addr.ID, rec.Name, rec.Gen, first); err != nil {
+		return err
+	}
+	_, err = s.store.Put(ctx, key, &rec, rev)
+	return err
+}
+
+// arm stores the tick of generation gen due at at. Its message id is
+// derived from both, so arming it again is deduplicated (or answered from
+// its stored reply).
+func (s *Service) arm(ctx context.Context, rpc actor.RPC[Message, actor.Empty], id, name, gen string, at int64) error {
+	msgID := "rem." + gen + "." + strconv.FormatInt(at, 10)
+	return mesh.Send(ctx, s.client, rpc, id, Message{Op: opTick, Name: name, Gen: gen, At: at},
+		mesh.MessageID(msgID), mesh.DeliverAt(time.Unix(0, at)))
+}
+
+func (s *Service) tick(ctx context.Context, rpc actor.RPC[Message, actor.Empty], addr actor.Address, key string, m Message, run func(Tick) error) error {
+	t := Tick{Name: m.Name, Due: time.Unix(0, m.At)}
+	for attempt := 1; ; attempt++ {
+		var rec record
+		rev, err := s.store.Get(ctx, key, &rec)
+		if errors.Is(err, records.ErrNotFound) {
+			return nil // cancelled
+		}
+		if err != nil {
+			return retryable(err)
+		}
+		switch {
+		case rec.Gen != m.Gen:
+			return nil // a tick of a replaced registration
+		case m.At == rec.Last:
+			return run(t) // redelivered: its successor is armed already
+		case m.At != rec.Due:
+			return nil // not the armed tick (a duplicate chain cannot start)
+		}
+		next, err := rec.next(time.Now())
+		if err != nil {
+			s.log.Error("reminder: cannot compute the next tick; this is the last", "entity", addr.String(), "name", rec.Name, "err", err)
+		}
+		if next == 0 {
+			// The last tick: deliver, then forget (a crash in between
+			// delivers it again).
+			ferr := run(t)
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout) // fn may have taken long
+			defer cancel()
+			if err := s.store.Delete(dctx, key, rev); err != nil && !errors.Is(err, records.ErrConflict) {
+				s.log.Warn("reminder: forget fired reminder", "entity", addr.String(), "name", rec.Name, "err", err)
+			}
+			return ferr
+		}
+		// Arm the successor before delivering, so that neither a crash nor
+		// a failing handler ends the chain; then advance the record.
+		if err := s.arm(ctx, rpc, addr.ID, rec.Name, rec.Gen, next); err != nil {
+			return retryable(err)
+		}
+		rec.Last, rec.Due = rec.Due, next
+		if _, err := s.store.Put(ctx, key, &rec, rev); err != nil {
+			if errors.Is(err, records.ErrConflict) && attempt < 3 {
+				continue
+			}
+			return retryable(err)
+		}
+		return run(t)
+	}
+}
+
+// next returns the tick after the armed one (Due), or 0 when there is none.
+// Ticks whose time has passed are skipped unless CatchUp.
+func (r *record) next(now time.Time) (int64, error) {
+	if !r.Spec.repeats() {
+		return 0, nil
+	}
+	after := r.Due
+	if !r.Spec.CatchUp && now.UnixNano() > after {
+		after = now.UnixNano()
+	}
+	if p := int64(r.Spec.Period); p > 0 {
+		// The smallest Origin + k*Period after `after`: ticks keep their
+		// phase however late one was handled.
+		k := (after-r.Origin)/p + 1
+		return r.Origin + k*p, nil
+	}
+	sched, err := parseCron(r.Spec)
+	if err != nil {
+		return 0, err
+	}
+	n := sched.Next(time.Unix(0, after))
+	if n.IsZero() {
+		return 0, nil
+	}
+	return n.UnixNano(), nil
+}
+
+// parseCron parses a spec's cron expression in its zone; both were checked
+// at registration, but the zone database of this runner may differ.
+func parseCron(s Spec) (*cronexpr.Schedule, error) {
+	loc := time.UTC
+	if s.TZ != "" {
+		var err error
+		if loc, err = time.LoadLocation(s.TZ); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+	}
+	sched, err := cronexpr.Parse(s.Cron, loc)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return sched, nil
+}
