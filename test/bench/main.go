@@ -63,6 +63,7 @@ var (
 	duration = flag.Duration("duration", 3*time.Second, "duration of each throughput measurement")
 	cpuProf  = flag.String("cpuprofile", "", "write a CPU profile of the mesh throughput run")
 	only     = flag.String("only", "", "run one part: persist")
+	runners  = flag.Int("runners", 1, "runners sharing the shards (more than 1: a cluster with a shard manager, in this process)")
 )
 
 func main() {
@@ -92,14 +93,42 @@ func main() {
 	payload := []byte(`{"amount":1}`)
 	rawCall := func() error { _, err := rawReq.Request("raw.echo", payload, 5*time.Second); return err }
 
-	// The mesh: a runner and a client on their own connections.
-	runnerNC, clientNC := connect(), connect()
+	// The mesh: runners and a client on their own connections.
+	clientNC := connect()
 	cfg := mesh.DefaultConfig()
-	cfg.Standalone = true
-	r, err := mesh.NewRunner(runnerNC, cfg)
-	check(err)
-	check(r.Register(behavior))
-	check(r.Start(context.Background()))
+	cfg.Standalone = *runners <= 1
+	var rs []*mesh.Runner
+	if !cfg.Standalone {
+		m, err := mesh.NewShardManager(connect(), cfg)
+		check(err)
+		mctx, stopManager := context.WithCancel(context.Background())
+		defer stopManager()
+		go func() { check(m.Run(mctx)) }()
+	}
+	for i := range max(*runners, 1) {
+		rcfg := cfg
+		rcfg.RunnerID = fmt.Sprintf("bench-%d", i+1)
+		r, err := mesh.NewRunner(connect(), rcfg)
+		check(err)
+		check(r.Register(behavior))
+		check(r.Start(context.Background()))
+		rs = append(rs, r)
+	}
+	for deadline := time.Now().Add(time.Minute); ; {
+		served, ready := 0, true
+		for _, r := range rs {
+			served += len(r.Shards())
+			ready = ready && r.Ready()
+		}
+		if served == cfg.ShardsPerGroup && ready {
+			break
+		}
+		if time.Now().After(deadline) {
+			log.Fatalf("runners serve %d of %d shards after a minute", served, cfg.ShardsPerGroup)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval while the runners take their shards
+	}
+	fmt.Printf("%d runner(s), %d shards\n\n", len(rs), cfg.ShardsPerGroup)
 	client, err := mesh.NewClient(clientNC, cfg)
 	check(err)
 	jcfg := cfg
@@ -166,7 +195,9 @@ func main() {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	check(r.Shutdown(sctx))
+	for _, r := range rs {
+		check(r.Shutdown(sctx))
+	}
 }
 
 // persisted compares persisted calls with raw JetStream in the same run.

@@ -59,14 +59,11 @@
 package failover_test
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -82,8 +79,10 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/examples/counter"
+	"github.com/natsmesh/natsmesh/internal/cmdtest"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/test/internal/proctest"
 )
 
 var long = flag.Bool("failover.long", false, "also measure failover with the default timings (35 s leases; about a minute more)")
@@ -112,9 +111,7 @@ type mainM struct{ m *testing.M }
 
 func (w mainM) Run() int {
 	code := w.m.Run()
-	if bins.dir != "" {
-		_ = os.RemoveAll(bins.dir)
-	}
+	cmdtest.Remove()
 	return code
 }
 
@@ -169,7 +166,7 @@ func runFailover(t *testing.T, name string, fast bool, sig syscall.Signal) {
 	// The event's time is taken before the signal: under -race the signal
 	// call can return after the process is gone.
 	kill := time.Since(base)
-	if err := p.cmd.Process.Signal(sig); err != nil {
+	if err := p.Signal(sig); err != nil {
 		t.Fatalf("signal %s: %v", victim, err)
 	}
 	deadline := base.Add(kill + bound)
@@ -182,13 +179,13 @@ func runFailover(t *testing.T, name string, fast bool, sig syscall.Signal) {
 	swept := time.Since(base) - kill
 
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(time.Until(deadline) + cfg.EntityTerminationTimeout):
 		t.Fatalf("%s still running %v after %v", victim, time.Since(base)-kill, sig)
 	}
-	exitAfter := p.exitAt.Sub(base) - kill
-	if sig == syscall.SIGTERM && p.err != nil {
-		t.Errorf("%s after SIGTERM: %v, want a clean exit", victim, p.err)
+	exitAfter := p.ExitAt().Sub(base) - kill
+	if sig == syscall.SIGTERM && p.Err() != nil {
+		t.Errorf("%s after SIGTERM: %v, want a clean exit", victim, p.Err())
 	}
 	after := c.waitStatus(t, max(time.Until(deadline), time.Second), survivors, "the survivors hold every shard")
 	moved := map[int]bool{}
@@ -284,121 +281,12 @@ func sortedKeys(m map[int]bool) []int {
 
 // ---- binaries and processes ----
 
-var bins struct {
-	once sync.Once
-	dir  string
-	err  error
-}
-
-// binaries builds cmd/runner and cmd/shardmgr once per test run (without
-// -race, whatever the test binary was built with) and returns their paths.
+// binaries builds cmd/runner and cmd/shardmgr once per test run and
+// returns their paths.
 func binaries(t testing.TB) (runner, shardmgr string) {
 	t.Helper()
-	bins.once.Do(func() { bins.dir, bins.err = build() })
-	if bins.err != nil {
-		t.Fatal(bins.err)
-	}
-	return filepath.Join(bins.dir, "runner"), filepath.Join(bins.dir, "shardmgr")
-}
-
-func build() (string, error) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		return "", fmt.Errorf("build binaries: %w", err)
-	}
-	out, err := exec.Command(goBin, "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("go env GOMOD = %q: not in a module", gomod)
-	}
-	dir, err := os.MkdirTemp("", "natsmesh-failover-")
-	if err != nil {
-		return "", err
-	}
-	cmd := exec.Command(goBin, "build", "-o", dir+string(filepath.Separator), "./cmd/runner", "./cmd/shardmgr")
-	cmd.Dir = filepath.Dir(gomod)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		_ = os.RemoveAll(dir)
-		return "", fmt.Errorf("go build ./cmd/runner ./cmd/shardmgr: %w\n%s", err, out)
-	}
-	return dir, nil
-}
-
-// proc is a child process whose output is kept for the test's log.
-type proc struct {
-	cmd    *exec.Cmd
-	out    lockedBuffer
-	done   chan struct{} // closed once exited; then err and exitAt are set
-	err    error
-	exitAt time.Time
-}
-
-// startProc starts a child process; on cleanup it is killed (if still
-// running) and reaped, and its output is logged if the test failed.
-func startProc(t testing.TB, name, bin string, args ...string) *proc {
-	t.Helper()
-	p := &proc{done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
-	p.cmd.SysProcAttr = sysProcAttr()
-	p.cmd.WaitDelay = 5 * time.Second // bound the wait for the output pipe
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		err := p.cmd.Wait()
-		p.err, p.exitAt = err, time.Now()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if !p.exited() {
-			_ = p.cmd.Process.Kill()
-		}
-		<-p.done
-		if t.Failed() {
-			t.Logf("---- %s %s (%s) output:\n%s", name, strings.Join(args, " "), p.status(), p.out.String())
-		}
-	})
-	return p
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) status() string {
-	if !p.exited() {
-		return "running"
-	}
-	if p.err == nil {
-		return "exited 0"
-	}
-	return p.err.Error()
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	dir := cmdtest.Build(t, "./cmd/runner", "./cmd/shardmgr")
+	return filepath.Join(dir, "runner"), filepath.Join(dir, "shardmgr")
 }
 
 // ---- the cluster ----
@@ -407,25 +295,35 @@ type cluster struct {
 	cfg    mesh.Config
 	nc     *nats.Conn
 	client *mesh.Client
-	procs  map[string]*proc // "shardmgr", r1, r2, r3
+	procs  map[string]*proctest.Proc // "shardmgr", r1, r2, r3
 }
 
 func startCluster(t *testing.T, cfg mesh.Config, fast bool) *cluster {
 	t.Helper()
-	runnerBin, managerBin := binaries(t)
 	srv := natstest.StartServer(t)
-	url := srv.ClientURL()
-	c := &cluster{cfg: cfg, procs: map[string]*proc{}}
-	common := []string{"-nats", url, "-shards", strconv.Itoa(shards)}
+	return startProcesses(t, cfg, fast, []string{srv.ClientURL()})
+}
+
+// startProcesses starts the shard manager and the runners on the NATS
+// servers at urls, with extra flags, and connects a client.
+func startProcesses(t *testing.T, cfg mesh.Config, fast bool, urls []string, extra ...string) *cluster {
+	t.Helper()
+	runnerBin, managerBin := binaries(t)
+	c := &cluster{cfg: cfg, procs: map[string]*proctest.Proc{}}
+	common := append([]string{"-nats", strings.Join(urls, ","), "-shards", strconv.Itoa(shards)}, extra...)
 	if fast {
 		common = append(common, "-fast-failover")
 	}
-	c.procs["shardmgr"] = startProc(t, "shardmgr", managerBin, common...)
+	c.procs["shardmgr"] = proctest.Start(t, "shardmgr", managerBin, common...)
 	for _, id := range allRunners {
-		c.procs[id] = startProc(t, id, runnerBin, append(slices.Clone(common), "-id", id, "-log-level", "warn")...)
+		c.procs[id] = proctest.Start(t, id, runnerBin, append(slices.Clone(common), "-id", id, "-log-level", "warn")...)
 	}
-	c.nc = natstest.Connect(t, srv)
-	var err error
+	nc, err := nats.Connect(strings.Join(urls, ","), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	c.nc = nc
 	if c.client, err = mesh.NewClient(c.nc, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -437,8 +335,8 @@ func startCluster(t *testing.T, cfg mesh.Config, fast bool) *cluster {
 func (c *cluster) mustRun(t testing.TB) {
 	t.Helper()
 	for name, p := range c.procs {
-		if name != victim && p.exited() {
-			t.Fatalf("%s exited: %s", name, p.status())
+		if name != victim && p.Exited() {
+			t.Fatalf("%s exited: %s", name, p.Status())
 		}
 	}
 }

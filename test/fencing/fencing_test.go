@@ -35,7 +35,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	natsjs "github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"github.com/natsmesh/natsmesh/actor"
@@ -43,6 +42,7 @@ import (
 	"github.com/natsmesh/natsmesh/internal/faultproxy"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/test/internal/leaselog"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -511,72 +511,26 @@ func (rec *recorder) check(t testing.TB) {
 	}
 }
 
-// leaseLog watches the shard lease bucket (bucket and key names are in
-// mesh/stores.go and docs/operations.md) and keeps each write's server
-// timestamp: the server cannot expire a lease earlier than its last write
-// plus the TTL.
+// leaseLog is the lease bucket's writes (leaselog) with the checks on
+// them: the server cannot expire a lease earlier than its last write plus
+// the TTL.
 type leaseLog struct {
 	cfg mesh.Config
-
-	mu      sync.Mutex
-	entries []leaseEntry
-}
-
-type leaseEntry struct {
-	at     time.Time // server timestamp
-	shard  mesh.ShardID
-	op     natsjs.KeyValueOp
-	holder string
+	*leaselog.Log
 }
 
 func watchLeases(t testing.TB, nc *nats.Conn, cfg mesh.Config) *leaseLog {
 	t.Helper()
-	js, err := natsjs.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	kv, err := js.KeyValue(ctx, cfg.Prefix+"_leases")
-	if err != nil {
-		cancel()
-		t.Fatalf("lease bucket: %v", err)
-	}
-	w, err := kv.Watch(ctx, "shard."+cfg.ShardGroups[0]+".*")
-	if err != nil {
-		cancel()
-		t.Fatalf("watch leases: %v", err)
-	}
-	l := &leaseLog{cfg: cfg}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for e := range w.Updates() {
-			if e == nil {
-				continue
-			}
-			var n int
-			if _, err := fmt.Sscanf(e.Key(), "shard."+cfg.ShardGroups[0]+".%d", &n); err != nil {
-				continue
-			}
-			holder, _, _ := strings.Cut(string(e.Value()), "\n")
-			l.mu.Lock()
-			l.entries = append(l.entries, leaseEntry{at: e.Created(), shard: mesh.ShardID{Group: cfg.ShardGroups[0], N: n}, op: e.Operation(), holder: holder})
-			l.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { _ = w.Stop(); cancel(); <-done })
-	return l
+	return &leaseLog{cfg: cfg, Log: leaselog.Watch(t, nc, cfg)}
 }
 
 // lastWriteBefore returns the server time of holder's last write of shard
 // before t.
 func (l *leaseLog) lastWriteBefore(shard mesh.ShardID, holder string, t time.Time) time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var last time.Time
-	for _, e := range l.entries {
-		if e.shard == shard && e.op == natsjs.KeyValuePut && e.holder == holder && e.at.Before(t) {
-			last = e.at
+	for _, e := range l.Entries() {
+		if e.Shard == shard && e.Held() && e.Holder == holder && e.At.Before(t) {
+			last = e.At
 		}
 	}
 	return last
@@ -585,11 +539,9 @@ func (l *leaseLog) lastWriteBefore(shard mesh.ShardID, holder string, t time.Tim
 // firstExpiry returns when the first of shards expired or was released
 // after t, by the server's clock.
 func (l *leaseLog) firstExpiry(shards map[mesh.ShardID]bool, t time.Time) time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, e := range l.entries {
-		if shards[e.shard] && e.op != natsjs.KeyValuePut && e.at.After(t) {
-			return e.at
+	for _, e := range l.Entries() {
+		if shards[e.Shard] && !e.Held() && e.At.After(t) {
+			return e.At
 		}
 	}
 	return time.Time{}
@@ -600,16 +552,14 @@ func (l *leaseLog) firstExpiry(shards map[mesh.ShardID]bool, t time.Time) time.T
 // after t: the moment it could start serving one of them.
 func (l *leaseLog) checkAfterFence(tb testing.TB, fenced time.Time, holder string, t time.Time, shards map[mesh.ShardID]bool) time.Time {
 	tb.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, e := range l.entries {
-		if !shards[e.shard] || e.op != natsjs.KeyValuePut || e.holder != holder || !e.at.After(t) {
+	for _, e := range l.Entries() {
+		if !shards[e.Shard] || !e.Held() || e.Holder != holder || !e.At.After(t) {
 			continue
 		}
-		if !e.at.After(fenced) {
-			tb.Errorf("NOT FENCED: %s acquired shard %s at %s, before A's last deactivation at %s", holder, e.shard, clock(e.at), clock(fenced))
+		if !e.At.After(fenced) {
+			tb.Errorf("NOT FENCED: %s acquired shard %s at %s, before A's last deactivation at %s", holder, e.Shard, clock(e.At), clock(fenced))
 		}
-		return e.at
+		return e.At
 	}
 	tb.Fatalf("no lease write of %s on A's shards after %s", holder, clock(t))
 	return time.Time{}
@@ -647,20 +597,18 @@ func (l *leaseLog) checkBeforeExpiry(t testing.TB, rec *recorder, onA []string, 
 // lease A acquired after the restore: A never resumes an old lease.
 func (l *leaseLog) checkReacquired(t testing.TB, restoreAt time.Time, served map[mesh.ShardID]bool) {
 	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	acquired := map[mesh.ShardID]bool{}
-	prev := map[mesh.ShardID]leaseEntry{}
-	for _, e := range l.entries {
-		p, seen := prev[e.shard]
-		prev[e.shard] = e
-		if !e.at.After(restoreAt) || e.op != natsjs.KeyValuePut || e.holder != runnerA {
+	prev := map[mesh.ShardID]leaselog.Entry{}
+	for _, e := range l.Entries() {
+		p, seen := prev[e.Shard]
+		prev[e.Shard] = e
+		if !e.At.After(restoreAt) || !e.Held() || e.Holder != runnerA {
 			continue
 		}
 		// A new lease is a write after a release or expiry marker (or
 		// another holder's write); a renewal follows A's own write.
-		if !seen || p.op != natsjs.KeyValuePut || p.holder != runnerA {
-			acquired[e.shard] = true
+		if !seen || !p.Held() || p.Holder != runnerA {
+			acquired[e.Shard] = true
 		}
 	}
 	for s := range served {

@@ -1,6 +1,6 @@
 //go:build unix && !linux
 
-package failover_test
+package proctest
 
 import "syscall"
 
