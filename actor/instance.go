@@ -124,6 +124,12 @@ func (in *Instance) drain() {
 			m.fail(err)
 			continue
 		}
+		if g := in.ts.rt.opts.gate; g != nil {
+			if err := g(int(in.pidx)); err != nil {
+				m.fail(err)
+				continue
+			}
+		}
 		if !active {
 			var err error
 			if hs, err = in.activate(); err != nil {

@@ -73,6 +73,7 @@ type runtimeOptions struct {
 	observer    Observer
 	partitions  int
 	partFn      func(Address) int
+	gate        func(partition int) error
 }
 
 // RuntimeOption configures a Runtime.
@@ -140,6 +141,22 @@ func WithPartitions(n int, fn func(Address) int) RuntimeOption {
 			return fmt.Errorf("%w: partitions need n >= 1 and a function", ErrInvalidOption)
 		}
 		o.partitions, o.partFn = n, fn
+		return nil
+	}
+}
+
+// WithGate sets a check run before each message is handed to its entity
+// (and before an entity is activated for it): if gate returns an error for
+// the entity's partition, the message is not run and fails with that
+// error. Unlike ClosePartition, which stops a partition as soon as someone
+// calls it, a gate is consulted at the last moment, on the goroutine about
+// to run the handler. The mesh uses it to check, per message, that the
+// shard's lease is still locally valid, so that a runner resumed after a
+// long pause runs nothing it queued before, even before its fencing runs.
+// gate must be fast and safe for concurrent use.
+func WithGate(gate func(partition int) error) RuntimeOption {
+	return func(o *runtimeOptions) error {
+		o.gate = gate
 		return nil
 	}
 }

@@ -831,3 +831,87 @@ type stopRecorder func(actor.StopReason)
 
 func (stopRecorder) Activated(actor.Address)                           {}
 func (f stopRecorder) Deactivated(_ actor.Address, r actor.StopReason) { f(r) }
+
+// A gate is consulted right before each message runs: a message queued
+// while the gate was open does not run once it closes, and the handler
+// never sees it; an activation is not started for a refused message.
+func TestGate(t *testing.T) {
+	obs := &observer{active: map[actor.Address]bool{}}
+	ent := actor.NewEntity("Gated")
+	work := actor.NewRPC[string, string](ent, "Work")
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	var ran []string
+	var mu sync.Mutex
+	var shut atomic.Bool
+	lapsed := errors.New("lease lapsed")
+	rt, err := actor.New(actor.WithObserver(obs),
+		actor.WithPartitions(2, func(a actor.Address) int {
+			if strings.HasPrefix(a.ID, "p1-") {
+				return 1
+			}
+			return 0
+		}),
+		actor.WithGate(func(p int) error {
+			if p == 1 && shut.Load() {
+				return lapsed
+			}
+			return nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Shutdown(context.Background()) })
+	if err := rt.Register(actor.Implement(ent, func(self *actor.Instance) ([]actor.Handler, error) {
+		return []actor.Handler{actor.Handle(work, func(_ context.Context, s string) (string, error) {
+			mu.Lock()
+			ran = append(ran, self.Address().ID+":"+s)
+			mu.Unlock()
+			if s == "block" {
+				started <- struct{}{}
+				<-release
+			}
+			return s, nil
+		})}, nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	blocked := make(chan error, 1)
+	go func() { _, err := actor.Call(context.Background(), rt, work, "p1-a", "block"); blocked <- err }()
+	<-started
+	r := newReplies(1)
+	if err := rt.Deliver(context.Background(), "Gated", "p1-a", "Work", jsonCodec{}, payload("queued"), r); err != nil {
+		t.Fatal(err)
+	}
+	shut.Store(true)
+	close(release)
+	if err := <-blocked; err != nil {
+		t.Fatalf("running handler: %v (a gate does not stop what already runs)", err)
+	}
+	r.wait(t)
+	if !errors.Is(r.errs[0], lapsed) {
+		t.Fatalf("queued message: %v, want the gate's error", r.errs[0])
+	}
+	if _, err := actor.Call(context.Background(), rt, work, "p1-b", "new"); !errors.Is(err, lapsed) {
+		t.Fatalf("message to a new entity: %v, want the gate's error", err)
+	}
+	if got := mustCall(t, rt, work, "p0-a", "x"); got != "x" {
+		t.Fatalf("other partition: %q", got)
+	}
+	shut.Store(false)
+	if got := mustCall(t, rt, work, "p1-a", "again"); got != "again" {
+		t.Fatalf("gate open again: %q", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := "[p1-a:block p0-a:x p1-a:again]"; fmt.Sprint(ran) != want {
+		t.Fatalf("handlers ran %v, want %s", ran, want)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	for _, e := range obs.events {
+		if strings.Contains(e, "p1-b") {
+			t.Fatalf("p1-b was activated (%v) though its only message was refused", obs.events)
+		}
+	}
+}

@@ -3,9 +3,17 @@ package jetstream
 import (
 	"context"
 	"fmt"
+	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
+
+// monoEpoch anchors Keeper.until on the monotonic clock.
+var monoEpoch = time.Now()
+
+// monoSince returns t on the monotonic clock, in nanoseconds since monoEpoch.
+func monoSince(t time.Time) int64 { return int64(t.Sub(monoEpoch)) }
 
 // Keeper keeps one lease alive by renewing it from a goroutine, and says
 // when its holder must stop acting on it. Create one with Leases.Keep.
@@ -19,6 +27,11 @@ type Keeper struct {
 	mu    sync.Mutex
 	lease Lease // last confirmed lease; after loss, its newest known revision
 	err   error // why lost closed; nil while the lease is kept
+
+	// until is the lease's local validity deadline (monoSince), read
+	// without the lock on every message a holder dispatches; 0 once the
+	// lease is lost (not when it is stopped or released by its holder).
+	until atomic.Int64
 
 	releaseOnce sync.Once
 	releaseErr  error
@@ -52,6 +65,7 @@ func (ls *Leases) Keep(ctx context.Context, l Lease, interval time.Duration) *Ke
 		lost:     make(chan struct{}),
 		lease:    l,
 	}
+	k.until.Store(monoSince(l.expires))
 	go k.run(ctx)
 	return k
 }
@@ -156,6 +170,7 @@ func (k *Keeper) run(ctx context.Context) {
 			return
 		}
 		k.lease = nl
+		k.until.Store(monoSince(nl.expires))
 		k.mu.Unlock()
 		watchdog.Reset(time.Until(nl.expires))
 	}
@@ -173,5 +188,20 @@ func (k *Keeper) lose(err error, latest *Lease) {
 		return
 	}
 	k.err = err
+	if !errors.Is(err, ErrStopped) {
+		k.until.Store(0)
+	}
 	close(k.lost)
+}
+
+// Valid reports whether the holder may act on the lease at now: the lease
+// was not found lost and its local validity deadline has not passed. Unlike
+// Lost, which the keeper's own timer closes, it reads the clock at the
+// moment of the call, so a holder resumed after a pause (SIGSTOP, a frozen
+// VM, a long GC) sees the lease invalid at once, before any timer has run.
+// It takes no lock: holders may call it for every message they handle.
+// After Stop or Release the validity is no longer extended but is not
+// withdrawn either: a graceful hand-off still finishes its work first.
+func (k *Keeper) Valid(now time.Time) bool {
+	return monoSince(now) < k.until.Load()
 }

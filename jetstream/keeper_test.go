@@ -147,3 +147,50 @@ func TestKeepPanicsOnIntervalBeyondValidity(t *testing.T) {
 	}()
 	ls.Keep(testCtx(t), Lease{Key: "k", Holder: "A"}, fast.TTL)
 }
+
+// Keeper.Valid reads the clock at each call: true while the lease is
+// kept, false at any instant past the local deadline (whether or not the
+// watchdog has run), false at once when the lease is found lost, and still
+// true until the deadline after Stop (a graceful hand-off finishes first).
+func TestKeeperValid(t *testing.T) {
+	cfg := LeaseConfig{Bucket: "k", TTL: 10 * time.Second, Margin: time.Second}
+	ls := openLeases(t, natstest.Connect(t, natstest.StartServer(t)), cfg)
+	ctx := testCtx(t)
+	l, err := ls.Acquire(ctx, "k", "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := ls.Keep(ctx, l, 100*time.Millisecond)
+	if !k.Valid(time.Now()) {
+		t.Fatal("Valid = false right after Keep")
+	}
+	natstest.WaitFor(t, 5*time.Second, func() bool { return k.Lease().Revision > l.Revision }, "a renewal")
+	exp := k.Lease().Expires()
+	if !k.Valid(exp.Add(-time.Millisecond)) || k.Valid(exp) {
+		t.Fatalf("Valid around the deadline %v: want true just before, false at it", exp)
+	}
+	if k.Valid(time.Now().Add(cfg.TTL)) {
+		t.Fatal("Valid a TTL from now: want false (as after a long pause)")
+	}
+	k.Stop()
+	if !k.Valid(time.Now()) {
+		t.Fatal("Valid = false right after Stop: a graceful hand-off keeps the lease until it releases it")
+	}
+
+	l2, err := ls.Acquire(ctx, "k2", "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2 := ls.Keep(ctx, l2, 100*time.Millisecond)
+	defer k2.Stop()
+	if err := ls.kv.Delete(ctx, "k2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ls.Acquire(ctx, "k2", "B"); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, k2.Lost(), 5*time.Second, "Lost after B took the key")
+	if k2.Valid(time.Now()) {
+		t.Fatal("Valid = true after the lease was lost to B")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	natsjs "github.com/nats-io/nats.go/jetstream"
@@ -39,6 +40,9 @@ type coordinator struct {
 	mu       sync.Mutex
 	desired  map[ShardID]bool
 	owned    map[ShardID]*heldShard
+	// byPart mirrors owned by actor partition (Runner.partition), read
+	// without the lock by valid on every message.
+	byPart []atomic.Pointer[heldShard]
 	leaving  bool // deregistered: acquire nothing more
 	synced   bool // the assignments were read once
 	handoffs sync.WaitGroup
@@ -61,6 +65,7 @@ func newCoordinator(ctx context.Context, r *Runner) (*coordinator, error) {
 		wake:    make(chan struct{}, 1),
 		desired: map[ShardID]bool{},
 		owned:   map[ShardID]*heldShard{},
+		byPart:  make([]atomic.Pointer[heldShard], len(r.cfg.ShardGroups)*r.cfg.ShardsPerGroup),
 	}
 	if err := c.register(ctx); err != nil {
 		return nil, err
@@ -279,12 +284,12 @@ func (c *coordinator) acquire(ctx context.Context, s ShardID) {
 	}
 	h := &heldShard{keeper: c.st.leases.Keep(context.Background(), lease, r.cfg.ShardLockRefreshInterval)}
 	c.mu.Lock()
-	c.owned[s] = h
+	c.setOwned(s, h)
 	c.mu.Unlock()
 	if err := r.serveShard(s); err != nil {
 		r.log.Warn("serve shard", "shard", s.String(), "err", err)
 		c.mu.Lock()
-		delete(c.owned, s)
+		c.dropOwned(s, h)
 		c.mu.Unlock()
 		_ = h.keeper.Release(context.Background())
 		return
@@ -312,9 +317,7 @@ func (c *coordinator) watchLoss(s ShardID, h *heldShard) {
 		r.log.Warn("fence shard", "shard", s.String(), "err", err)
 	}
 	c.mu.Lock()
-	if c.owned[s] == h {
-		delete(c.owned, s)
-	}
+	c.dropOwned(s, h)
 	c.mu.Unlock()
 	c.poke()
 }
@@ -334,9 +337,7 @@ func (c *coordinator) handoff(s ShardID, h *heldShard) {
 		r.log.Warn("release shard lease", "shard", s.String(), "err", err)
 	}
 	c.mu.Lock()
-	if c.owned[s] == h {
-		delete(c.owned, s)
-	}
+	c.dropOwned(s, h)
 	c.mu.Unlock()
 	r.log.Debug("handed off shard", "shard", s.String(), "took", time.Since(start))
 	c.poke()
@@ -406,10 +407,27 @@ func (c *coordinator) holding() bool {
 // valid reports whether this runner holds shard s's lease and it is locally
 // valid at now.
 func (c *coordinator) valid(s ShardID, now time.Time) bool {
-	c.mu.Lock()
-	h := c.owned[s]
-	c.mu.Unlock()
-	return h != nil && h.keeper.Lease().Valid(now)
+	return c.validPart(c.r.partition(s), now)
+}
+
+// validPart is valid for the shard of actor partition p; it takes no lock.
+func (c *coordinator) validPart(p int, now time.Time) bool {
+	h := c.byPart[p].Load()
+	return h != nil && h.keeper.Valid(now)
+}
+
+// setOwned records h as the holder of s; c.mu must be held.
+func (c *coordinator) setOwned(s ShardID, h *heldShard) {
+	c.owned[s] = h
+	c.byPart[c.r.partition(s)].Store(h)
+}
+
+// dropOwned forgets h as the holder of s, if it still is; c.mu must be held.
+func (c *coordinator) dropOwned(s ShardID, h *heldShard) {
+	if c.owned[s] == h {
+		delete(c.owned, s)
+		c.byPart[c.r.partition(s)].CompareAndSwap(h, nil)
+	}
 }
 
 // settled reports whether the runner has read the assignment and holds the

@@ -99,6 +99,15 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 		actor.WithTerminationTimeout(cfg.EntityTerminationTimeout),
 		actor.WithPartitions(len(cfg.ShardGroups)*n, partOf),
 		actor.WithObserver(cfg.Observer), // nil: none
+		// The last check before a handler runs: a message queued before a
+		// pause must not run after the lease lapsed, even if fencing has
+		// not run yet (the lease's watchdog is a timer like any other).
+		actor.WithGate(func(p int) error {
+			if c := r.coordp.Load(); c != nil && !c.validPart(p, time.Now()) {
+				return errLeaseLapsed
+			}
+			return nil
+		}),
 	}, opts...)
 	rt, err := actor.New(rtOpts...)
 	if err != nil {
@@ -652,6 +661,10 @@ func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 
 // errFenced marks calls refused by a fenced shard: they are not answered.
 var errFenced = fmt.Errorf("%w: shard fenced", actor.ErrNotServing)
+
+// errLeaseLapsed refuses a message whose shard's lease lapsed while it
+// waited in the mailbox: fenced, so not answered.
+var errLeaseLapsed = fmt.Errorf("%w: lease no longer valid", errFenced)
 
 // replier answers one unary call.
 type replier struct {

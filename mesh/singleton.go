@@ -28,6 +28,13 @@ type singleton struct {
 // stays stopped until the singleton moves to another runner. Register
 // singletons before Start; every runner of the cluster should register the
 // same ones (a runner that does not know a singleton cannot run it).
+//
+// Check ctx.Err() right before each unit of work: it reads the clock
+// against the shard lease at that moment, so a runner resumed after a pause
+// longer than its lease sees it end at once, before the lease's fencing has
+// run. What no check can cover is a pause between the check and the work
+// itself: work with effects outside the process should carry a fencing
+// token the resource checks (docs/operations.md, Fencing).
 func (r *Runner) RegisterSingleton(name string, run func(ctx context.Context) error) error {
 	if !validToken(name) || run == nil {
 		return fmt.Errorf("%w: singleton %q: want a [A-Za-z0-9_-]{1,64} name and a function", ErrInvalidOption, name)
@@ -59,7 +66,7 @@ func (s *singleton) start(r *Runner) {
 	if s.cancel != nil {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := newLeaseContext(func() bool { return r.leaseValid(s.shard) })
 	s.cancel, s.done = cancel, make(chan struct{})
 	done := s.done
 	log := r.log.With("singleton", s.name, "shard", s.shard.String()) // r.log names the runner
@@ -122,6 +129,36 @@ func (s *singleton) cancelNow() {
 	if cancel != nil {
 		cancel()
 	}
+}
+
+// leaseContext is a singleton's context: besides being cancelled when the
+// singleton stops, it checks the lease of the singleton's shard each time
+// its Err is called, and if the lease is no longer locally valid it cancels
+// itself (cause errLeaseLapsed) before answering. The lease's fencing
+// cancels it too, but from a timer, which after a long pause of the process
+// runs only after other goroutines may have resumed: a singleton that
+// checks ctx.Err() before each unit of work does no work once its lease has
+// lapsed, from the first instant the process runs again.
+type leaseContext struct {
+	context.Context
+	cancel context.CancelCauseFunc
+	valid  func() bool
+}
+
+func newLeaseContext(valid func() bool) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	lc := &leaseContext{Context: ctx, cancel: cancel, valid: valid}
+	return lc, func() { cancel(context.Canceled) }
+}
+
+func (c *leaseContext) Err() error {
+	if err := c.Context.Err(); err != nil {
+		return err
+	}
+	if !c.valid() {
+		c.cancel(errLeaseLapsed)
+	}
+	return c.Context.Err()
 }
 
 // runGuarded runs f, turning a panic into an error.
