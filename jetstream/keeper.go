@@ -2,8 +2,8 @@ package jetstream
 
 import (
 	"context"
-	"fmt"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"

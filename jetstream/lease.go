@@ -150,6 +150,7 @@ type Leases struct {
 
 	subjPrefix string // $KV.<bucket>.
 	getSubj    string // leader-only message get on the bucket's stream
+	infoSubj   string // the bucket's stream info
 }
 
 // OpenLeases creates the lease bucket, or updates it to cfg, and returns
@@ -190,6 +191,7 @@ func OpenLeases(ctx context.Context, js natsjs.JetStream, cfg LeaseConfig) (*Lea
 		cfg:        cfg,
 		subjPrefix: "$KV." + cfg.Bucket + ".",
 		getSubj:    natsjs.DefaultAPIPrefix + "STREAM.MSG.GET.KV_" + cfg.Bucket,
+		infoSubj:   natsjs.DefaultAPIPrefix + "STREAM.INFO.KV_" + cfg.Bucket,
 	}, nil
 }
 
@@ -264,9 +266,12 @@ func (ls *Leases) Acquire(ctx context.Context, key, holder string, opts ...Acqui
 			lastErr = err
 		case !e.held():
 			// Released or expired since our attempt: create again.
-		case e.holder != holder:
+		case e.holder != holder && !ls.outlived(ctx, e):
 			return Lease{}, fmt.Errorf("acquire %s: %w: %q at revision %d", key, ErrLeaseHeld, e.holder, e.rev)
 		default:
+			// Our own key (a restart with the same holder id), or a lease
+			// that outlived its TTL on the server: take it over at its
+			// revision.
 			sent = time.Now()
 			rev, err := ls.attempt(ctx, time.Time{}, func(ctx context.Context) (uint64, error) {
 				return ls.cas(ctx, key, value, e.rev)
@@ -280,6 +285,48 @@ func (ls *Leases) Acquire(ctx context.Context, key, holder string, opts ...Acqui
 			lastErr = err
 		}
 	}
+}
+
+// outlived reports whether the lease e, held by someone else, is past any
+// validity its holder could still claim although the server has not
+// expired it: its last write is more than twice the TTL older than the
+// newest write to the bucket, both by the server's clock. A holder fences
+// itself TTL minus Margin after it sent its last renewal, so such a lease
+// binds no one. Per-key TTLs are the server's job, but keys last written
+// while a server of the cluster restarted have been seen to outlive them
+// by minutes (nats-server v2.15.2; docs/reliability.md, K5); without this
+// the shard would stay unserved until an operator deleted the key. It
+// assumes the NATS servers' clocks agree within the TTL, and needs other
+// keys of the bucket to be written (they are, by every renewal); if in
+// doubt it answers false.
+func (ls *Leases) outlived(ctx context.Context, e entry) bool {
+	if e.written.IsZero() {
+		return false
+	}
+	now, err := ls.newestWrite(ctx)
+	return err == nil && now.Sub(e.written) > 2*ls.cfg.TTL
+}
+
+// newestWrite returns the server time of the newest message in the
+// bucket's stream.
+func (ls *Leases) newestWrite(ctx context.Context) (time.Time, error) {
+	msg, err := ls.nc.RequestWithContext(ctx, ls.infoSubj, nil)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var resp struct {
+		Error *natsjs.APIError `json:"error"`
+		State struct {
+			LastTime time.Time `json:"last_ts"`
+		} `json:"state"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return time.Time{}, fmt.Errorf("decode stream info: %w", err)
+	}
+	if resp.Error != nil {
+		return time.Time{}, resp.Error
+	}
+	return resp.State.LastTime, nil
 }
 
 // Renew extends l with a CAS write at l.Revision that carries the TTL again,
@@ -467,10 +514,11 @@ func (ls *Leases) cas(ctx context.Context, key string, value []byte, rev uint64)
 
 // entry is what a leader-only read found for a key.
 type entry struct {
-	rev    uint64 // 0 if absent
-	op     entryOp
-	holder string
-	meta   []byte
+	rev     uint64 // 0 if absent
+	op      entryOp
+	holder  string
+	meta    []byte
+	written time.Time // server time of the write
 }
 
 type entryOp uint8
@@ -529,9 +577,10 @@ func (ls *Leases) readOnce(ctx context.Context, key string) (entry, error) {
 	var resp struct {
 		Error   *natsjs.APIError `json:"error"`
 		Message *struct {
-			Seq     uint64 `json:"seq"`
-			Headers []byte `json:"hdrs"`
-			Data    []byte `json:"data"`
+			Seq     uint64    `json:"seq"`
+			Headers []byte    `json:"hdrs"`
+			Data    []byte    `json:"data"`
+			Time    time.Time `json:"time"`
 		} `json:"message"`
 	}
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
@@ -546,7 +595,7 @@ func (ls *Leases) readOnce(ctx context.Context, key string) (entry, error) {
 	if resp.Message == nil {
 		return entry{}, errors.New("message get reply without message")
 	}
-	e := entry{rev: resp.Message.Seq, op: opCorrupt} // no headers: no TTL
+	e := entry{rev: resp.Message.Seq, op: opCorrupt, written: resp.Message.Time} // no headers: no TTL
 	if len(resp.Message.Headers) > 0 {
 		h, err := nats.DecodeHeadersMsg(resp.Message.Headers)
 		if err != nil {

@@ -439,3 +439,50 @@ func TestHolderUsesLeaderOnlyRead(t *testing.T) {
 		t.Fatalf("%d Direct Gets seen, want 0", n)
 	}
 }
+
+// A lease key the server failed to expire (K5 in docs/reliability.md: seen
+// after server restarts) must not block its shard forever: once its last
+// write is more than twice the TTL older than the bucket's newest write, by
+// the server's clock, another holder takes it over; not before.
+func TestAcquireTakesOverOutlivedLease(t *testing.T) {
+	cfg := LeaseConfig{Bucket: "k", TTL: time.Second, Margin: 200 * time.Millisecond}
+	ls := openLeases(t, natstest.Connect(t, natstest.StartServer(t)), cfg)
+	ctx := testCtx(t)
+	// A holder's record with an hour-long TTL: the server will not expire
+	// it during the test, as it did not in K5.
+	if _, err := ls.kv.Create(ctx, "ghost", encodeValue("G", nil), natsjs.KeyTTL(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now()
+	if _, err := ls.Acquire(ctx, "ghost", "B"); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("Acquire of a fresh lease = %v, want ErrLeaseHeld", err)
+	}
+	// Another holder's renewals keep the bucket's newest write current.
+	l, err := ls.Acquire(ctx, "live", "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := ls.Keep(ctx, l, 100*time.Millisecond)
+	defer k.Stop()
+	var got Lease
+	natstest.WaitFor(t, 10*time.Second, func() bool {
+		got, err = ls.Acquire(ctx, "ghost", "B")
+		if err != nil && !errors.Is(err, ErrLeaseHeld) {
+			t.Fatalf("Acquire = %v", err)
+		}
+		return err == nil
+	}, "B taking the outlived lease over")
+	if age := time.Since(written); age < 2*cfg.TTL {
+		t.Fatalf("taken over %v after the last write, before twice the TTL", age)
+	}
+	if h, _, err := ls.Holder(ctx, "ghost"); h != "B" || err != nil {
+		t.Fatalf("Holder = %q, %v; want B", h, err)
+	}
+	if !got.Valid(time.Now()) {
+		t.Fatal("the taken-over lease is not valid")
+	}
+	// The live lease, renewed all along, is never outlived.
+	if _, err := ls.Acquire(ctx, "live", "C"); !errors.Is(err, ErrLeaseHeld) {
+		t.Fatalf("Acquire of a renewed lease = %v, want ErrLeaseHeld", err)
+	}
+}

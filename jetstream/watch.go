@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	natsjs "github.com/nats-io/nats.go/jetstream"
 )
@@ -46,6 +47,8 @@ type Event struct {
 	Meta   []byte
 	// Revision is the KV revision of the change.
 	Revision uint64
+	// Written is when the server stored the change, by its clock.
+	Written time.Time
 }
 
 // Watcher delivers lease events. Create one with Leases.Watch.
@@ -146,7 +149,7 @@ func event(e natsjs.KeyValueEntry) Event {
 	if e == nil {
 		return Event{Kind: EventSynced}
 	}
-	ev := Event{Key: e.Key(), Revision: e.Revision()}
+	ev := Event{Key: e.Key(), Revision: e.Revision(), Written: e.Created()}
 	switch e.Operation() {
 	case natsjs.KeyValuePut:
 		ev.Kind = EventHeld

@@ -2,6 +2,7 @@ package mesh_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,9 +14,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/jetstream"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
@@ -603,5 +606,54 @@ func TestClusterSingletonCrash(t *testing.T) {
 	natstest.WaitFor(t, 10*time.Second, func() bool { return calls.Load() > before+10 }, "the singleton calling entities from r2")
 	if overlap.Load() {
 		t.Fatal("two instances of the singleton ran at once")
+	}
+}
+
+// A registration the server failed to expire (docs/reliability.md, K5)
+// must not keep shards assigned to a runner that is gone: once its last
+// write is more than twice the TTL older than the newest registration, the
+// manager treats it as expired, pings the runner, and with no answer gives
+// its shards to the live runners.
+func TestClusterOutlivedRegistration(t *testing.T) {
+	cfg := clusterConfig()
+	c := newTestCluster(t, cfg)
+	nc, err := nats.Connect(c.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The ghost's registration: an hour-long TTL the server will not
+	// expire during the test. Created before anyone else opens the bucket,
+	// with the settings the mesh uses.
+	ghostStore, err := jetstream.OpenLeases(ctx, js, jetstream.LeaseConfig{Bucket: cfg.Prefix + "_runners", TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := json.Marshal(mesh.RunnerInfo{ID: "ghost", Weight: 1, EntityTypes: []string{"Counter"}})
+	if _, err := ghostStore.Acquire(ctx, "ghost", "ghost", jetstream.WithMeta(info)); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now()
+	m, _ := c.manager()
+	natstest.WaitFor(t, 10*time.Second, m.Ready, "manager ready")
+	c.runner("live", 1, nil)
+	c.waitBalanced(map[string]int{"live": cfg.ShardsPerGroup})
+	if d := time.Since(written); d < 2*cfg.ShardLockExpiration {
+		t.Fatalf("the ghost's shards moved %v after its registration, before twice the TTL", d)
+	}
+	client, err := mesh.NewClient(nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range cfg.ShardsPerGroup * 2 {
+		if _, err := mesh.Call(ctx, client, Increment, fmt.Sprintf("e%d", i), Amount{Amount: 1}); err != nil {
+			t.Fatalf("call after the ghost was dropped: %v", err)
+		}
 	}
 }

@@ -37,12 +37,12 @@ type coordinator struct {
 	wake     chan struct{}
 	stopOnce sync.Once
 
-	mu       sync.Mutex
-	desired  map[ShardID]bool
-	owned    map[ShardID]*heldShard
+	mu      sync.Mutex
+	desired map[ShardID]bool
+	owned   map[ShardID]*heldShard
 	// byPart mirrors owned by actor partition (Runner.partition), read
 	// without the lock by valid on every message.
-	byPart []atomic.Pointer[heldShard]
+	byPart   []atomic.Pointer[heldShard]
 	leaving  bool // deregistered: acquire nothing more
 	synced   bool // the assignments were read once
 	handoffs sync.WaitGroup

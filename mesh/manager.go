@@ -205,6 +205,23 @@ func (t *term) resync(ctx context.Context) {
 	if err != nil {
 		return // the watch is all we have until the servers answer
 	}
+	// A registration whose last renewal is more than twice the TTL older
+	// than the newest one (server time) outlived its TTL on the server
+	// (docs/reliability.md, K5): its runner stopped renewing long ago.
+	// Counted as gone; a runner still alive answers the ping and keeps
+	// its shards.
+	var newest time.Time
+	for _, ev := range held {
+		if ev.Written.After(newest) {
+			newest = ev.Written
+		}
+	}
+	for id, ev := range held {
+		if newest.Sub(ev.Written) > 2*t.st.runners.Config().TTL {
+			t.m.log.Warn("runner registration outlived its TTL; treating it as expired", "runner", id, "written", ev.Written, "newest", newest)
+			delete(held, id)
+		}
+	}
 	for id, info := range t.live {
 		if _, ok := held[id]; !ok {
 			if _, suspect := t.suspects[id]; !suspect {
