@@ -68,8 +68,8 @@ image:
 # shard managers and runners as processes, load, and faults drawn from a
 # seed. chaos-short is CI's fixed-seed two-minute run; chaos is the soak run
 # with a random seed (printed; rerun one with CHAOS_FLAGS=-chaos.seed=N).
-# Both fail on any invariant violation; NATSMESH_TOLERATE_KNOWN_BUGS=1
-# tolerates those matching a known bug's signature.
+# Both fail on any invariant violation (NATSMESH_TOLERATE_KNOWN_BUGS=1
+# tolerates those matching a fixed bug's signature, to bisect old revisions).
 CHAOS_DURATION ?= 20m
 CHAOS_FLAGS ?=
 CHAOS_TEST = $(GO) test -tags chaos -run '^TestChaos$$' -count=1 -v ./test/chaos
