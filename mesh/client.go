@@ -78,17 +78,23 @@ func (c *Client) request(ctx context.Context, req *nats.Msg, until time.Time) (*
 
 // newRequest builds the request message of a call.
 func (c *Client) newRequest(ctx context.Context, info actor.RPCInfo, id string, payload []byte) (*nats.Msg, error) {
-	if err := actor.ValidateID(id); err != nil {
+	m := &nats.Msg{Header: make(nats.Header, 3)}
+	if err := c.fillRequest(m, ctx, info, id, payload); err != nil {
 		return nil, err
 	}
+	return m, nil
+}
+
+// fillRequest makes m, whose Header is empty and not nil, the request
+// message of a call.
+func (c *Client) fillRequest(m *nats.Msg, ctx context.Context, info actor.RPCInfo, id string, payload []byte) error {
+	if err := actor.ValidateID(id); err != nil {
+		return err
+	}
 	if max := c.nc.MaxPayload(); max > 0 && int64(len(payload)) > max {
-		return nil, fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), max)
+		return fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), max)
 	}
-	m := &nats.Msg{
-		Subject: c.callSubject(info, id),
-		Data:    payload,
-		Header:  make(nats.Header, 3),
-	}
+	m.Subject, m.Data = c.callSubject(info, id), payload
 	setID(m.Header, id)
 	m.Header[HeaderCodec] = c.codecValue
 	// Only a deadline the caller chose travels to the handler; the default
@@ -96,7 +102,19 @@ func (c *Client) newRequest(ctx context.Context, info actor.RPCInfo, id string, 
 	if d, ok := ctx.Deadline(); ok {
 		setDeadline(d, m.Header)
 	}
-	return m, nil
+	return nil
+}
+
+// requestPool recycles the request messages of unary calls made without an
+// Observer (which may keep the headers it is given): nats.go is done with
+// a request message once RequestMsg returns, and reusing the message and
+// its header map saves several allocations per call.
+var requestPool = sync.Pool{New: func() any { return &nats.Msg{Header: make(nats.Header, 4)} }}
+
+func putRequest(m *nats.Msg) {
+	clear(m.Header)
+	m.Subject, m.Data = "", nil
+	requestPool.Put(m)
 }
 
 // callSubject returns the call subject of rpc for entity id.
@@ -259,13 +277,19 @@ func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 	if err != nil {
 		return zero, fmt.Errorf("encode request: %w", err)
 	}
-	m, err := c.newRequest(ctx, info, id, payload)
-	if err != nil {
-		return zero, err
-	}
+	var m *nats.Msg
 	if c.cfg.Observer != nil {
+		if m, err = c.newRequest(ctx, info, id, payload); err != nil {
+			return zero, err
+		}
 		done := c.callSent(ctx, info.Entity().Name(), info.Name(), m.Header)
 		defer func() { done(declared(info, err)) }()
+	} else {
+		m = requestPool.Get().(*nats.Msg)
+		defer putRequest(m)
+		if err = c.fillRequest(m, ctx, info, id, payload); err != nil {
+			return zero, err
+		}
 	}
 	reply, err := c.requestRetry(ctx, m)
 	if err != nil {
