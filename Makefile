@@ -43,7 +43,8 @@ FUZZ_TARGETS = ./mesh:FuzzIDHeader ./mesh:FuzzParseCall ./mesh:FuzzErrorEnvelope
 	./mesh:FuzzStoredReply ./mesh:FuzzShardKey ./mesh:FuzzAssignment ./mesh:FuzzRegistryRecord \
 	./mesh:FuzzAssignmentRecord ./mesh:FuzzStreamControl ./mesh:FuzzParseSubjects ./mesh:FuzzReplyKey \
 	./mesh:FuzzPersistedMessage ./jetstream:FuzzLeaseValue ./jetstream:FuzzLeaseHeaders \
-	./jetstream:FuzzWatchEvent ./internal/assign:FuzzCompute ./internal/jskit:FuzzToken
+	./jetstream:FuzzWatchEvent ./internal/assign:FuzzCompute ./internal/jskit:FuzzToken \
+	./internal/cronexpr:FuzzNext
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$pkg $$fn"; \
 		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
