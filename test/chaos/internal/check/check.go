@@ -82,11 +82,12 @@ func (v Violation) String() string {
 }
 
 // Known bugs: violations whose evidence matches the signature of a bug
-// this suite found, recorded in docs/reliability.md. They are violations
-// all the same: the suite tolerates them only when told to (the
-// NATSMESH_TOLERATE_KNOWN_BUGS environment variable), so that CI stays
-// green while the bug is being fixed and any other violation still fails
-// it. A signature is checked on the evidence, not assumed from the fault.
+// this suite found, recorded in docs/reliability.md with its fix; each is
+// described below as it was before the fix. They are violations all the
+// same: the suite tolerates them only when told to (the
+// NATSMESH_TOLERATE_KNOWN_BUGS environment variable, to bisect an old
+// revision), and any other violation still fails it. A signature is
+// checked on the evidence, not assumed from the fault.
 const (
 	// ServeAfterPause: a runner resumed after a pause longer than its lease
 	// runs calls that reached it before or during the pause, and its
