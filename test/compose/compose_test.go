@@ -40,7 +40,7 @@ const leaseExpiry = 12 * time.Second
 
 // compose runs docker compose for one project.
 type compose struct {
-	t       *testing.T
+	t       testing.TB
 	cmd     []string // "docker compose" or "docker-compose"
 	root    string
 	project string
@@ -71,7 +71,8 @@ func (c *compose) must(ctx context.Context, args ...string) string {
 }
 
 // composeCommand finds Compose v2 (a docker plugin) or v1 (docker-compose).
-func composeCommand(t *testing.T) []string {
+func composeCommand(t testing.TB) []string {
+	t.Helper()
 	if exec.Command("docker", "compose", "version").Run() == nil {
 		return []string{"docker", "compose"}
 	}
@@ -82,25 +83,35 @@ func composeCommand(t *testing.T) []string {
 	return nil
 }
 
-func TestCompose(t *testing.T) {
-	if os.Getenv("NATSMESH_COMPOSE_TEST") != "1" {
-		t.Skip("set NATSMESH_COMPOSE_TEST=1 to build the images and run docker-compose.yml (.ci/run does)")
+// requireCompose skips t unless the environment variable env is "1", and
+// fails it if there is no Docker engine.
+func requireCompose(t *testing.T, env, why string) {
+	t.Helper()
+	if os.Getenv(env) != "1" {
+		t.Skipf("set %s=1 %s", env, why)
 	}
 	if out, err := exec.Command("docker", "version", "--format", "{{.Server.Version}}").CombinedOutput(); err != nil {
 		t.Fatalf("no Docker engine: %v\n%s", err, out)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	start := time.Now()
+}
+
+// upCompose builds the image (deploy/docker/build-image.sh) and starts
+// docker-compose.yml under a project name of its own, with env added to
+// Compose's environment (NATSMESH_LOG_LEVEL=debug, say). It returns once
+// `up -d` has, with the time the image was built. Everything it created
+// (containers, network, volumes, image) is removed on t's cleanup, pass or
+// fail, after the last lines of every service's log are logged if t failed.
+func upCompose(ctx context.Context, t testing.TB, env ...string) (c *compose, built time.Time) {
+	t.Helper()
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
 	suffix := strings.ToLower(rand.Text()[:10])
 	image := "natsmesh:test-" + suffix
-	c := &compose{
+	c = &compose{
 		t: t, cmd: composeCommand(t), root: root, project: "natsmeshtest" + suffix,
-		env: []string{"NATSMESH_IMAGE=" + image, "GATEWAY_ADDR=127.0.0.1:0", "NATS_ADDR=127.0.0.1:0"},
+		env: append([]string{"NATSMESH_IMAGE=" + image, "GATEWAY_ADDR=127.0.0.1:0", "NATS_ADDR=127.0.0.1:0"}, env...),
 	}
 
 	// Cleanups run last-registered first: logs on failure, then down, then
@@ -138,8 +149,17 @@ func TestCompose(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build image: %v\n%s", err, out)
 	}
-	built := time.Now()
+	built = time.Now()
 	c.must(ctx, "up", "-d")
+	return c, built
+}
+
+func TestCompose(t *testing.T) {
+	requireCompose(t, "NATSMESH_COMPOSE_TEST", "to build the images and run docker-compose.yml (.ci/run does)")
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, built := upCompose(ctx, t)
 	addr := c.must(ctx, "port", "gateway", "8080")
 	base := "http://" + addr
 	hc := &http.Client{Timeout: 5 * time.Second}
