@@ -1,0 +1,1108 @@
+package compose_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/examples/counter"
+	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/test/internal/leaselog"
+)
+
+// TestComposeFaults uses containers as hosts: under a load from this
+// process it pauses a runner container (docker pause, the cgroup freezer:
+// a frozen VM) past its leases' expiry, cuts another runner off the compose
+// network while its process keeps running (docker network disconnect), cuts
+// a NATS server off the network, and kills a runner container and starts it
+// again; each fault is held until the victim's shards have passed to other
+// runners (or for longer than a lease), then healed, and the next one waits
+// for full service again. Then it checks:
+//
+//   - no acknowledged persisted Deposit was lost or applied twice
+//     (checkDeposits: every one has a stored reply, and the Counter's state
+//     in each reply and at the end holds each deposit of its activation
+//     exactly once);
+//   - no runner answered from a stale activation (checkIncrements: an
+//     entity's volatile Increment replies never go back to an older
+//     activation's count);
+//   - fencing, from the runners' own logs against the lease bucket's
+//     history (checkFencing): a runner whose lease lapsed and passed to
+//     another runner had stopped serving that shard before the other took
+//     it, or was frozen then and fenced it on resuming, or was dead.
+//
+// It logs one line starting with "COMPOSEFAULTS". With
+// NATSMESH_COMPOSE_KEEP=1 (or on failure) it keeps the evidence: every
+// service's log, the lease log and the violations, in a folder it names.
+func TestComposeFaults(t *testing.T) {
+	requireCompose(t, faultsEnv, "to run the container fault test (make chaos-containers)")
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	start := time.Now()
+	dir, err := os.MkdirTemp("", "natsmesh-composefaults-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := os.Getenv("NATSMESH_COMPOSE_KEEP") == "1"
+	t.Cleanup(func() { // registered first: runs after everything is down
+		if t.Failed() || keep {
+			t.Logf("evidence kept in %s", dir)
+			return
+		}
+		_ = os.RemoveAll(dir)
+	})
+	// Debug logs: runners then log each shard they start serving and hand
+	// off, besides the fencing they always log (checkFencing).
+	c, built := upCompose(ctx, t, "NATSMESH_LOG_LEVEL=debug")
+	fr := &faultRun{c: c, hosts: map[string]string{}, frozen: map[string][]span{}, killed: map[string]bool{}}
+	t.Cleanup(func() { fr.saveLogs(t, dir) }) // before compose down
+
+	natsAddr := c.must(ctx, "port", "nats1", "4222")
+	// nats1 only: the other servers' addresses are the compose network's,
+	// unreachable from here. nats1 is never faulted.
+	nc, err := nats.Connect("nats://"+natsAddr, nats.DontRandomize(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close) // after the lease watch's cleanup
+	fr.nc = nc
+	fr.cfg = mesh.DefaultConfig()
+	fr.cfg.StorageReplicas = 3 // the cluster's: a client never downgrades its assets
+	client, err := mesh.NewClient(nc, fr.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 3*time.Minute, time.Second, func() bool {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := mesh.Call(cctx, client, counter.Increment, "composefaults/first", counter.Amount{Amount: 1})
+		return err == nil
+	}, "a first call")
+	fr.waitSettled(ctx, t, 2*time.Minute)
+	up := time.Now()
+	fr.leases = leaselog.Watch(t, nc, fr.cfg)
+
+	ld := startLoad(client, fr.cfg.ShardsPerGroup)
+	t.Cleanup(ld.stop)
+	fr.ld = ld
+	// Every entity has some state before the first fault, so that a stale
+	// activation's count is told from a fresh one's (checkIncrements).
+	waitUntil(t, 2*time.Minute, 250*time.Millisecond, func() bool { return ld.minAnswered() >= 5 }, "every entity answering five calls")
+	t.Logf("cluster up in %v (image built in %v); load running", up.Sub(built).Round(time.Millisecond), built.Sub(start).Round(time.Millisecond))
+
+	fr.pauseRunner(ctx, t, "runner1")
+	fr.cutRunner(ctx, t, "runner2")
+	fr.cutNATS(ctx, t)
+	fr.killRunner(ctx, t, "runner3")
+	ld.stop()
+	t.Logf("faults done; load stopped after %v", time.Since(ld.began).Round(time.Second))
+
+	drainPersisted(ctx, t, nc, fr.cfg)
+	fetchReplies(ctx, t, client, ld)
+	var violations []string
+	for _, e := range ld.incs {
+		violations = append(violations, checkIncrements(e)...)
+	}
+	lost, applied := 0, 0
+	for _, s := range ld.deps {
+		for _, e := range s.entities {
+			v := checkDeposits(e)
+			violations = append(violations, v...)
+			for _, d := range e.deps {
+				if d.acked && !d.stored {
+					lost++
+				}
+				if d.stored {
+					applied++
+				}
+			}
+		}
+	}
+	fence, fv := fr.checkFencing(t)
+	violations = append(violations, fv...)
+	if err := os.WriteFile(filepath.Join(dir, "violations.txt"), []byte(strings.Join(violations, "\n")+"\n"), 0o644); err != nil {
+		t.Error(err)
+	}
+
+	st := ld.stats()
+	var full, served, window []string
+	for _, f := range fr.faults {
+		name := f.kind + ":" + f.target
+		full = append(full, fmt.Sprintf("%s=%v", name, f.full.Sub(f.from).Round(100*time.Millisecond)))
+		served = append(served, fmt.Sprintf("%s=%v", name, ld.servedAfter(f.from).Round(100*time.Millisecond)))
+		window = append(window, fmt.Sprintf("%s=%v", name, ld.maxWindow(f.from, f.full).Round(100*time.Millisecond)))
+		t.Logf("fault %s: %s", name, f.note)
+	}
+	t.Logf("errors by class: %v", st.errs)
+	t.Logf("COMPOSEFAULTS faults=%d calls=%d acknowledged=%d errors=%d (increments %d/%d answered; deposits %d acknowledged, %d unknown, %d handled, %d lost) max-unavailable=%v unavailable-per-fault=%s failover=%s fault-to-full-service=%s fencing=%s lease-log-gaps=%d violations=%d total=%v",
+		len(fr.faults), st.incs+st.deposits, st.incsOK+st.depositsAcked, st.errors,
+		st.incsOK, st.incs, st.depositsAcked, st.deposits-st.depositsAcked, applied, lost,
+		ld.maxWindow(ld.began, ld.stopped).Round(100*time.Millisecond), strings.Join(window, ","), strings.Join(served, ","), strings.Join(full, ","),
+		fence, len(fr.leases.Gaps()), len(violations), time.Since(start).Round(time.Second))
+	for i, v := range violations {
+		if i == 30 {
+			t.Errorf("... and %d more (violations.txt)", len(violations)-i)
+			break
+		}
+		t.Error(v)
+	}
+}
+
+// faultsEnv enables TestComposeFaults.
+const faultsEnv = "NATSMESH_COMPOSE_FAULTS"
+
+// waitUntil polls cond every period until it holds, and fails t after
+// timeout. It returns when cond held.
+func waitUntil(t testing.TB, timeout, every time.Duration, cond func() bool, what string) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(every) // poll interval of a wait with a deadline
+	}
+	return time.Now()
+}
+
+// docker runs a docker command.
+func docker(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, "docker", args...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("docker %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func mustDocker(ctx context.Context, t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := docker(ctx, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// endpoint is a container's attachment to one network.
+type endpoint struct {
+	IPAddress string
+	Aliases   []string
+}
+
+func endpoints(ctx context.Context, t testing.TB, container string) map[string]endpoint {
+	t.Helper()
+	var eps map[string]endpoint
+	if err := json.Unmarshal([]byte(mustDocker(ctx, t, "inspect", "-f", "{{json .NetworkSettings.Networks}}", container)), &eps); err != nil {
+		t.Fatalf("inspect %s: %v", container, err)
+	}
+	return eps
+}
+
+type span struct{ from, to time.Time }
+
+// fault is one injected fault, from the docker command that made it to
+// full service again.
+type fault struct {
+	kind, target string
+	from         time.Time // just before the docker command
+	healed       time.Time // the healing command returned
+	full         time.Time // full service again (waitFull)
+	note         string
+}
+
+// faultRun drives the faults; only the test's goroutine uses it.
+type faultRun struct {
+	c      *compose
+	nc     *nats.Conn
+	cfg    mesh.Config
+	leases *leaselog.Log
+	ld     *load
+	faults []*fault
+
+	hosts  map[string]string // runner id -> container host name, from every Inspect
+	frozen map[string][]span // host -> docker pause windows
+	killed map[string]bool   // runner ids killed
+}
+
+func (fr *faultRun) inspect(ctx context.Context) (*mesh.ClusterStatus, error) {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := mesh.Inspect(ictx, fr.nc, fr.cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range st.Runners {
+		fr.hosts[r.ID] = r.Host
+	}
+	return st, nil
+}
+
+// settled reports whether three runners hold every shard, each the ones it
+// is assigned, under a leading manager.
+func (fr *faultRun) settled(ctx context.Context) bool {
+	st, err := fr.inspect(ctx)
+	if err != nil || len(st.Runners) != 3 || st.Manager == "" {
+		return false
+	}
+	held := 0
+	for _, r := range st.Runners {
+		if r.Held == 0 || r.Held != r.Assigned {
+			return false
+		}
+		held += r.Held
+	}
+	return held == fr.cfg.ShardsPerGroup*len(fr.cfg.ShardGroups)
+}
+
+func (fr *faultRun) waitSettled(ctx context.Context, t testing.TB, timeout time.Duration) time.Time {
+	t.Helper()
+	return waitUntil(t, timeout, 500*time.Millisecond, func() bool { return fr.settled(ctx) }, "three runners holding their shards")
+}
+
+// waitFull waits for full service: the cluster settled (three runners
+// holding what they are assigned), then every entity of the load answering
+// a call started after that. A NATS connection left dead by a network cut
+// is noticed by nats.go's pings (every 2 min by default), hence the bound.
+func (fr *faultRun) waitFull(ctx context.Context, t testing.TB, f *fault) {
+	t.Helper()
+	at := fr.waitSettled(ctx, t, 6*time.Minute)
+	f.full = waitUntil(t, time.Minute, 100*time.Millisecond, func() bool { return fr.ld.allAnsweredSince(at) }, "every entity answering after the cluster settled")
+	t.Logf("%s %s: full service %v after the fault (%v after healing)", f.kind, f.target,
+		f.full.Sub(f.from).Round(100*time.Millisecond), f.full.Sub(f.healed).Round(100*time.Millisecond))
+}
+
+// victim returns the id of the runner in container host svc and the
+// shards it holds.
+func (fr *faultRun) victim(ctx context.Context, t testing.TB, svc string) (string, []int) {
+	t.Helper()
+	st, err := fr.inspect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ""
+	for _, r := range st.Runners {
+		if r.Host == svc {
+			id = r.ID
+		}
+	}
+	var held []int
+	for _, s := range st.Shards {
+		if id != "" && s.Holder == id {
+			held = append(held, s.Shard.N)
+		}
+	}
+	if id == "" || len(held) == 0 {
+		t.Fatalf("%s: runner %q holds %d shards, want some", svc, id, len(held))
+	}
+	return id, held
+}
+
+// waitTakeover waits until every shard of held has been acquired by
+// another runner than id since the fault began, and holds the fault at
+// least minHold.
+func (fr *faultRun) waitTakeover(t testing.TB, f *fault, id string, held []int, minHold time.Duration) {
+	t.Helper()
+	waitUntil(t, 2*time.Minute, 250*time.Millisecond, func() bool {
+		taken := map[int]bool{}
+		for _, e := range fr.leases.Entries() {
+			if e.Held() && e.Holder != id && e.At.After(f.from) {
+				taken[e.Shard.N] = true
+			}
+		}
+		for _, n := range held {
+			if !taken[n] {
+				return false
+			}
+		}
+		return true
+	}, fmt.Sprintf("the %d shards of %s (%s) taken by other runners", len(held), f.target, id))
+	t.Logf("%s %s: its %d shards taken over %v after the fault", f.kind, f.target, len(held), time.Since(f.from).Round(100*time.Millisecond))
+	time.Sleep(time.Until(f.from.Add(minHold))) // the fault's duration, not synchronization
+}
+
+// minHold is how long a runner fault lasts at least: past its leases'
+// expiry however early the takeover.
+const minHold = leaseExpiry + 2*time.Second
+
+func (fr *faultRun) container(ctx context.Context, svc string) string {
+	return fr.c.must(ctx, "ps", "-q", svc)
+}
+
+// pauseRunner freezes a runner's container (docker pause: every process
+// stopped by the cgroup freezer, sockets open, as a frozen VM) until its
+// shards have passed to the others, then thaws it: it must not serve them
+// on waking up.
+func (fr *faultRun) pauseRunner(ctx context.Context, t *testing.T, svc string) {
+	id, held := fr.victim(ctx, t, svc)
+	ctr := fr.container(ctx, svc)
+	f := &fault{kind: "pause", target: svc, from: time.Now()}
+	fr.faults = append(fr.faults, f)
+	mustDocker(ctx, t, "pause", ctr)
+	t.Logf("pause %s (runner %s, %d shards)", svc, id, len(held))
+	fr.waitTakeover(t, f, id, held, minHold)
+	mustDocker(ctx, t, "unpause", ctr)
+	f.healed = time.Now()
+	fr.frozen[svc] = append(fr.frozen[svc], span{f.from, f.healed})
+	f.note = fmt.Sprintf("runner %s frozen %v", id, f.healed.Sub(f.from).Round(100*time.Millisecond))
+	fr.waitFull(ctx, t, f)
+}
+
+// cutOff disconnects a container from its networks (its process keeps
+// running, its sockets stay open with nowhere to send), holds, and
+// connects it again with its aliases (service name), so the others find
+// it by name again.
+func (fr *faultRun) cutOff(ctx context.Context, t testing.TB, f *fault, ctr string, hold func()) {
+	t.Helper()
+	eps := endpoints(ctx, t, ctr)
+	for net := range eps {
+		mustDocker(ctx, t, "network", "disconnect", net, ctr)
+	}
+	hold()
+	for net, ep := range eps {
+		args := []string{"network", "connect"}
+		for _, a := range ep.Aliases {
+			if !strings.HasPrefix(ctr, a) { // the short container id: docker adds it itself
+				args = append(args, "--alias", a)
+			}
+		}
+		mustDocker(ctx, t, append(args, net, ctr)...)
+	}
+	f.healed = time.Now()
+}
+
+// cutRunner cuts a runner off the network until its shards have passed to
+// the others: it must fence them before they do.
+func (fr *faultRun) cutRunner(ctx context.Context, t *testing.T, svc string) {
+	id, held := fr.victim(ctx, t, svc)
+	ctr := fr.container(ctx, svc)
+	f := &fault{kind: "cut", target: svc, from: time.Now()}
+	fr.faults = append(fr.faults, f)
+	fr.cutOff(ctx, t, f, ctr, func() {
+		t.Logf("cut %s off the network (runner %s, %d shards)", svc, id, len(held))
+		fr.waitTakeover(t, f, id, held, minHold)
+	})
+	f.note = fmt.Sprintf("runner %s cut off %v", id, f.healed.Sub(f.from).Round(100*time.Millisecond))
+	fr.waitFull(ctx, t, f)
+}
+
+// cutNATS cuts a NATS server off the network for longer than a lease: the
+// one leading the lease bucket's stream if that is not nats1 (this
+// process's server), else nats2. Runners connected to it lose NATS as if
+// they were cut off themselves.
+func (fr *faultRun) cutNATS(ctx context.Context, t *testing.T) {
+	svc, led := "nats2", false
+	js, err := natsjs.New(fr.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := js.Stream(ctx, "KV_"+fr.cfg.Prefix+"_leases"); err == nil && info.CachedInfo().Cluster != nil {
+		if l := info.CachedInfo().Cluster.Leader; l == "nats2" || l == "nats3" {
+			svc, led = l, true
+		}
+	}
+	ctr := fr.container(ctx, svc)
+	f := &fault{kind: "cut", target: svc, from: time.Now()}
+	fr.faults = append(fr.faults, f)
+	fr.cutOff(ctx, t, f, ctr, func() {
+		t.Logf("cut %s off the network (leads the lease bucket: %v)", svc, led)
+		time.Sleep(leaseExpiry + 3*time.Second) // the fault's duration
+	})
+	// Its JetStream caught up again (nats-server's own health check).
+	var ip string
+	for _, ep := range endpoints(ctx, t, ctr) {
+		ip = ep.IPAddress
+	}
+	hc := &http.Client{Timeout: 2 * time.Second}
+	waitUntil(t, 2*time.Minute, 250*time.Millisecond, func() bool {
+		resp, err := hc.Get("http://" + ip + ":8222/healthz")
+		if err != nil {
+			return false
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, svc+" healthy")
+	f.note = fmt.Sprintf("led the lease bucket: %v; healthy %v after reconnecting", led, time.Since(f.healed).Round(100*time.Millisecond))
+	fr.waitFull(ctx, t, f)
+}
+
+// killRunner kills a runner's container (SIGKILL), waits until its shards
+// have passed to the others, and starts the container again: a new runner.
+func (fr *faultRun) killRunner(ctx context.Context, t *testing.T, svc string) {
+	id, held := fr.victim(ctx, t, svc)
+	ctr := fr.container(ctx, svc)
+	f := &fault{kind: "kill", target: svc, from: time.Now()}
+	fr.faults = append(fr.faults, f)
+	fr.killed[id] = true
+	mustDocker(ctx, t, "kill", ctr)
+	t.Logf("kill %s (runner %s, %d shards)", svc, id, len(held))
+	fr.waitTakeover(t, f, id, held, 0)
+	mustDocker(ctx, t, "start", ctr)
+	f.healed = time.Now()
+	f.note = fmt.Sprintf("runner %s killed, container started again after %v", id, f.healed.Sub(f.from).Round(100*time.Millisecond))
+	fr.waitFull(ctx, t, f)
+}
+
+// saveLogs writes every service's log and the lease log into dir.
+func (fr *faultRun) saveLogs(t testing.TB, dir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, svc := range []string{"nats1", "nats2", "nats3", "shardmgr", "runner1", "runner2", "runner3", "gateway"} {
+		ctr, err := fr.c.run(ctx, "ps", "-q", svc)
+		if err != nil || ctr == "" {
+			continue
+		}
+		out, _ := exec.CommandContext(ctx, "docker", "logs", "-t", ctr).CombinedOutput()
+		if err := os.WriteFile(filepath.Join(dir, svc+".log"), out, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+	if fr.leases == nil {
+		return
+	}
+	var b strings.Builder
+	for _, e := range fr.leases.Entries() {
+		fmt.Fprintf(&b, "%s rev=%d shard=%d op=%v holder=%s host=%s\n", e.At.Format("15:04:05.000000"), e.Rev, e.Shard.N, e.Op, e.Holder, fr.hosts[e.Holder])
+	}
+	for _, g := range fr.leases.Gaps() {
+		fmt.Fprintf(&b, "gap: revisions %d to %d not seen\n", g[0]+1, g[1]-1)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "leases.log"), []byte(b.String()), 0o644); err != nil {
+		t.Error(err)
+	}
+}
+
+// logLine is a runner's log line about one shard: the fencing it logs
+// right before closing the shard's partition in memory (watchLoss), or the
+// end of a graceful hand-off (debug).
+var logLine = regexp.MustCompile(`^time=(\S+) level=\S+ msg="(shard lease lost: fencing|handed off shard)" (?:.* )?shard=[^\s/]+/(\d+)`)
+
+// shardStops reads the fencing and hand-off times per shard from a
+// container's log (every incarnation of its runner).
+func shardStops(ctx context.Context, ctr string) (fenced, handed map[int][]time.Time, err error) {
+	out, err := exec.CommandContext(ctx, "docker", "logs", ctr).CombinedOutput()
+	if err != nil {
+		return nil, nil, fmt.Errorf("docker logs %s: %w", ctr, err)
+	}
+	fenced, handed = map[int][]time.Time{}, map[int][]time.Time{}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		m := logLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, m[1])
+		if err != nil {
+			return nil, nil, fmt.Errorf("log time %q: %w", m[1], err)
+		}
+		n, _ := strconv.Atoi(m[3])
+		if m[2] == "handed off shard" {
+			handed[n] = append(handed[n], at)
+		} else {
+			fenced[n] = append(fenced[n], at)
+		}
+	}
+	return fenced, handed, sc.Err()
+}
+
+// firstAfter returns the first time in ts after t.
+func firstAfter(ts []time.Time, t time.Time) (time.Time, bool) {
+	for _, x := range ts {
+		if x.After(t) {
+			return x, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// checkFencing compares what the runners say with what the lease bucket
+// saw. For every lapsed lease (a shard's lease taken by runner B at T, the
+// previous holder A's last renewal at L, and no release by A in between),
+// the server must not have let B in before A's lease expired (T-L at least
+// the expiry), and A must have stopped serving the shard before T: its log
+// shows the fencing (or a hand-off) of that shard between L and T. The
+// fencing line is logged right before the shard's partition is closed in
+// memory, by a runner that has not heard from NATS for the lease's
+// validity; a runner whose fencing were late, stuck behind the dead
+// connection, or missing would log it after T or never, and fail this.
+// Exceptions, where A could not serve at T: A frozen by docker pause at T
+// (it must then log the fencing within 5 s of waking up; that it answers
+// nothing meanwhile is checked by the lease-validity test at dispatch and,
+// from outside, by checkIncrements and checkDeposits), or A killed.
+// It returns a summary of the margins and the violations.
+func (fr *faultRun) checkFencing(t testing.TB) (string, []string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	type stops struct{ fenced, handed map[int][]time.Time }
+	logs := map[string]stops{}
+	for _, svc := range []string{"runner1", "runner2", "runner3"} {
+		fenced, handed, err := shardStops(ctx, fr.container(ctx, svc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs[svc] = stops{fenced, handed}
+	}
+	type put struct {
+		at     time.Time
+		holder string
+	}
+	last := map[int]*put{}     // shard -> last put
+	released := map[int]bool{} // shard -> a delete came soon after its last put
+	var bad []string
+	lapsed, beforeT, onWake, dead := 0, 0, 0, 0
+	minMargin, maxWake := time.Duration(-1), time.Duration(0)
+	for _, e := range fr.leases.Entries() {
+		n := e.Shard.N
+		p := last[n]
+		if !e.Held() {
+			// A release comes within a renewal period of the last put; an
+			// expiry (the server's marker) a lease after it.
+			if p != nil && e.At.Sub(p.at) < leaseExpiry-time.Second {
+				released[n] = true
+			}
+			continue
+		}
+		if p == nil || p.holder == e.Holder || released[n] {
+			last[n], released[n] = &put{e.At, e.Holder}, false
+			continue
+		}
+		last[n], released[n] = &put{e.At, e.Holder}, false
+		lapsed++
+		name := fmt.Sprintf("shard %d: lease of %s (%s, last renewed %s) taken by %s at %s", n, p.holder, fr.hosts[p.holder],
+			p.at.Format("15:04:05.000"), e.Holder, e.At.Format("15:04:05.000"))
+		if d := e.At.Sub(p.at); d < leaseExpiry {
+			bad = append(bad, fmt.Sprintf("%s: only %v after the last renewal, before the lease's expiry", name, d))
+		}
+		if fr.killed[p.holder] {
+			dead++
+			continue
+		}
+		host := fr.hosts[p.holder]
+		s, ok := logs[host]
+		if !ok {
+			bad = append(bad, name+": unknown runner")
+			continue
+		}
+		fence, fenced := firstAfter(s.fenced[n], p.at)
+		if h, ok := firstAfter(s.handed[n], p.at); ok && h.Before(e.At) && (!fenced || h.Before(fence)) {
+			fence, fenced = h, true
+		}
+		if fenced && fence.Before(e.At) {
+			beforeT++
+			if m := e.At.Sub(fence); minMargin < 0 || m < minMargin {
+				minMargin = m
+			}
+			continue
+		}
+		wake, frozen := time.Time{}, false
+		for _, sp := range fr.frozen[host] {
+			if !e.At.Before(sp.from) && !e.At.After(sp.to) {
+				wake, frozen = sp.to, true
+			}
+		}
+		switch {
+		case frozen && fenced && fence.Before(wake.Add(5*time.Second)):
+			onWake++
+			maxWake = max(maxWake, fence.Sub(wake))
+		case frozen && fenced:
+			bad = append(bad, fmt.Sprintf("%s: %s was frozen then, but fenced only %v after waking", name, host, fence.Sub(wake)))
+		case fenced:
+			bad = append(bad, fmt.Sprintf("%s: %s fenced it only at %s, %v after", name, host, fence.Format("15:04:05.000"), fence.Sub(e.At)))
+		default:
+			bad = append(bad, fmt.Sprintf("%s: %s never logged fencing it", name, host))
+		}
+	}
+	summary := fmt.Sprintf("lapsed:%d,fenced-before-takeover:%d(min-margin=%v),fenced-on-waking:%d(max=%v),dead:%d",
+		lapsed, beforeT, minMargin.Round(time.Millisecond), onWake, maxWake.Round(time.Millisecond), dead)
+	return summary, bad
+}
+
+// The load: volatile Increments on one entity per shard (so every shard's
+// availability is measured), each entity called by its own goroutine one
+// call at a time; persisted Deposits with message ids on other entities,
+// depSlots at a time, each slot's deposits one at a time.
+const (
+	incPeriod    = time.Second
+	incTimeout   = 2 * time.Second
+	depSlots     = 200
+	depPeriod    = 5 * time.Second
+	sendTimeout  = 4 * time.Second
+	sendAttempts = 4
+	// depPerEntity deposits go to each entity before its slot moves on to
+	// a new one: deposit k adds 4^k, so that the Counter's state, which is
+	// the sum of the deposits its activation applied, says how many times
+	// each was applied (one base-4 digit each; 4^29 fits an int64 thrice).
+	depPerEntity = 30
+)
+
+type incOp struct {
+	start, end time.Time
+	value      int
+	err        error
+}
+
+// incEntity is an entity called with Increment; its goroutine alone
+// appends to ops until the load stops.
+type incEntity struct {
+	id  string
+	ops []incOp
+}
+
+type deposit struct {
+	k      int
+	msgID  string
+	acked  bool // Send returned without error: stored
+	stored bool // a reply is stored: handled (fetchReplies)
+	reply  int  // the Counter's state after it
+	err    error
+}
+
+type depEntity struct {
+	id       string
+	deps     []*deposit // by k; its slot's goroutine alone appends until the load stops
+	final    int        // GetValue after the load (fetchReplies)
+	finalErr error
+}
+
+type depSlot struct{ entities []*depEntity }
+
+type load struct {
+	client *mesh.Client
+	incs   []*incEntity
+	deps   []*depSlot
+	quit   chan struct{}
+	wg     sync.WaitGroup
+	once   sync.Once
+	began  time.Time
+	// stopped is set by stop.
+	stopped time.Time
+
+	mu       sync.Mutex
+	lastOK   []time.Time // by inc entity: start of its last answered call
+	answered []int       // by inc entity
+	errs     map[string]int
+}
+
+func startLoad(client *mesh.Client, shards int) *load {
+	l := &load{client: client, quit: make(chan struct{}), began: time.Now(), errs: map[string]int{},
+		lastOK: make([]time.Time, shards), answered: make([]int, shards)}
+	for n := range shards {
+		id := ""
+		for k := 0; id == ""; k++ {
+			if cand := fmt.Sprintf("inc-%d-%d", n, k); mesh.ShardOf(cand, shards) == n {
+				id = cand
+			}
+		}
+		e := &incEntity{id: id}
+		l.incs = append(l.incs, e)
+		l.wg.Go(func() { l.increments(n, e, time.Duration(n)*incPeriod/time.Duration(shards)) })
+	}
+	for i := range depSlots {
+		s := &depSlot{}
+		l.deps = append(l.deps, s)
+		l.wg.Go(func() { l.deposits(i, s, time.Duration(i)*depPeriod/depSlots) })
+	}
+	return l
+}
+
+// every calls f every period after an initial offset (spreading the
+// goroutines' calls), until the load stops.
+func (l *load) every(offset, period time.Duration, f func()) {
+	select {
+	case <-time.After(offset): // pacing, not synchronization
+	case <-l.quit:
+		return
+	}
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	for {
+		f()
+		select {
+		case <-l.quit:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (l *load) increments(n int, e *incEntity, offset time.Duration) {
+	l.every(offset, incPeriod, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), incTimeout)
+		op := incOp{start: time.Now()}
+		op.value, op.err = mesh.Call(ctx, l.client, counter.Increment, e.id, counter.Amount{Amount: 1})
+		op.end = time.Now()
+		cancel()
+		e.ops = append(e.ops, op)
+		if op.err != nil {
+			l.failed("Increment", op.err)
+			return
+		}
+		l.mu.Lock()
+		l.lastOK[n] = op.start
+		l.answered[n]++
+		l.mu.Unlock()
+	})
+}
+
+func (l *load) deposits(i int, s *depSlot, offset time.Duration) {
+	l.every(offset, depPeriod, func() {
+		if len(s.entities) == 0 || len(s.entities[len(s.entities)-1].deps) == depPerEntity {
+			s.entities = append(s.entities, &depEntity{id: fmt.Sprintf("dep-%d-%d", i, len(s.entities))})
+		}
+		e := s.entities[len(s.entities)-1]
+		k := len(e.deps)
+		d := &deposit{k: k, msgID: fmt.Sprintf("%s-%d", e.id, k)}
+		e.deps = append(e.deps, d)
+		// Again with the same id after a failure: stored once (the
+		// stream's dedup window), so the deposit is unknown only if every
+		// attempt failed.
+		for a := range sendAttempts {
+			ctx, cancel := context.WithTimeout(context.Background(), sendTimeout)
+			err := mesh.Send(ctx, l.client, counter.Deposit, e.id, counter.Amount{Amount: 1 << (2 * k)}, mesh.MessageID(d.msgID))
+			cancel()
+			if err == nil {
+				d.acked = true
+				return
+			}
+			l.failed("Deposit", err)
+			if a+1 < sendAttempts {
+				time.Sleep(250 * time.Millisecond) // retry pacing
+			}
+		}
+	})
+}
+
+func (l *load) failed(op string, err error) {
+	class := err.Error()
+	var me *mesh.Error
+	switch {
+	case errors.Is(err, mesh.ErrShardUnavailable):
+		class = "shard unavailable"
+	case errors.Is(err, context.DeadlineExceeded):
+		class = "deadline"
+	case errors.As(err, &me):
+		class = me.Code
+	case len(class) > 60:
+		class = class[:60]
+	}
+	l.mu.Lock()
+	l.errs[op+": "+class]++
+	l.mu.Unlock()
+}
+
+// allAnsweredSince reports whether every Increment entity answered a call
+// started after t.
+func (l *load) allAnsweredSince(t time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, at := range l.lastOK {
+		if at.Before(t) {
+			return false
+		}
+	}
+	return true
+}
+
+func (l *load) minAnswered() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Min(l.answered)
+}
+
+func (l *load) stop() {
+	l.once.Do(func() {
+		close(l.quit)
+		l.wg.Wait()
+		l.stopped = time.Now()
+	})
+}
+
+type loadStats struct {
+	incs, incsOK, deposits, depositsAcked, errors int
+	errs                                          map[string]int
+}
+
+// stats counts the operations; call after stop. errors counts failed
+// attempts (a deposit may fail some attempts and be acknowledged).
+func (l *load) stats() loadStats {
+	st := loadStats{errs: l.errs}
+	for _, e := range l.incs {
+		for _, op := range e.ops {
+			st.incs++
+			if op.err == nil {
+				st.incsOK++
+			}
+		}
+	}
+	for _, s := range l.deps {
+		for _, e := range s.entities {
+			for _, d := range e.deps {
+				st.deposits++
+				if d.acked {
+					st.depositsAcked++
+				}
+			}
+		}
+	}
+	for _, n := range l.errs {
+		st.errors += n
+	}
+	return st
+}
+
+// maxWindow returns the longest time an Increment entity went without an
+// answer, over the gaps between answered calls that overlap [from, to];
+// call after stop.
+func (l *load) maxWindow(from, to time.Time) time.Duration {
+	var worst time.Duration
+	for _, e := range l.incs {
+		var prev time.Time
+		for _, op := range e.ops {
+			if op.err != nil {
+				continue
+			}
+			if !prev.IsZero() && op.end.After(from) && prev.Before(to) {
+				worst = max(worst, op.end.Sub(prev))
+			}
+			prev = op.end
+		}
+	}
+	return worst
+}
+
+// servedAfter returns how long after t every Increment entity had answered
+// a call started at t or later; call after stop.
+func (l *load) servedAfter(t time.Time) time.Duration {
+	var worst time.Duration
+	for _, e := range l.incs {
+		i := slices.IndexFunc(e.ops, func(op incOp) bool { return op.err == nil && !op.start.Before(t) })
+		if i < 0 {
+			return -1
+		}
+		worst = max(worst, e.ops[i].end.Sub(t))
+	}
+	return worst
+}
+
+// drainPersisted waits until every stored persisted message is handled,
+// and fails t if any was dead-lettered.
+func drainPersisted(ctx context.Context, t testing.TB, nc *nats.Conn, cfg mesh.Config) {
+	t.Helper()
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(stream string) (uint64, error) {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		s, err := js.Stream(sctx, stream)
+		if err != nil {
+			return 0, err
+		}
+		return s.CachedInfo().State.Msgs, nil
+	}
+	waitUntil(t, 3*time.Minute, 500*time.Millisecond, func() bool {
+		n, err := count(cfg.Prefix + "_persist")
+		return err == nil && n == 0
+	}, "the persisted backlog drained")
+	if n, err := count(cfg.Prefix + "_deadletters"); err != nil && !errors.Is(err, natsjs.ErrStreamNotFound) {
+		t.Fatal(err)
+	} else if n > 0 {
+		t.Errorf("%d dead letters, want none (a Deposit cannot fail)", n)
+	}
+}
+
+// fetchReplies reads every deposit's stored reply (mesh.Reply: at once if
+// stored) and every deposit entity's final value, a few at a time.
+func fetchReplies(ctx context.Context, t testing.TB, client *mesh.Client, l *load) {
+	t.Helper()
+	var jobs []func()
+	for _, s := range l.deps {
+		for _, e := range s.entities {
+			for _, d := range e.deps {
+				jobs = append(jobs, func() {
+					// Everything stored is handled by now (drainPersisted):
+					// an unacknowledged deposit without a reply was not stored.
+					wait := 2 * time.Second
+					if d.acked {
+						wait = 15 * time.Second
+					}
+					rctx, cancel := context.WithTimeout(ctx, wait)
+					defer cancel()
+					v, err := mesh.Reply(rctx, client, counter.Deposit, d.msgID)
+					switch {
+					case err == nil:
+						d.stored, d.reply = true, v
+					case errors.Is(err, context.DeadlineExceeded):
+					default:
+						d.stored, d.err = true, err
+					}
+				})
+			}
+			jobs = append(jobs, func() {
+				for range 5 {
+					rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+					e.final, e.finalErr = mesh.Call(rctx, client, counter.GetValue, e.id, actor.Empty{})
+					cancel()
+					if e.finalErr == nil {
+						return
+					}
+				}
+			})
+		}
+	}
+	work := make(chan func())
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for f := range work {
+				f()
+			}
+		})
+	}
+	for _, f := range jobs {
+		work <- f
+	}
+	close(work)
+	wg.Wait()
+}
+
+// checkIncrements checks one entity's Increment replies for a stale
+// activation. Calls are sequential and add 1, so an answered call returns
+// the previous answer plus one plus at most the calls that failed in
+// between (they may have run), or, from a new activation (the shard moved;
+// the Counter keeps its state in memory), 1 plus at most those. Anything
+// else is an answer from an activation that a newer one had replaced: a
+// runner serving a shard it had lost (or a call run twice).
+func checkIncrements(e *incEntity) []string {
+	var bad []string
+	prev, unknown := 0, 0
+	for _, op := range e.ops {
+		if op.err != nil {
+			unknown++
+			continue
+		}
+		v := op.value
+		if (v < prev+1 || v > prev+1+unknown) && (v < 1 || v > 1+unknown) {
+			bad = append(bad, fmt.Sprintf("%s: Increment at %s answered %d after %d with %d calls failed between: a stale activation answered",
+				e.id, op.start.Format("15:04:05.000"), v, prev, unknown))
+		}
+		prev, unknown = v, 0
+	}
+	return bad
+}
+
+// digits returns v in base 4, least significant first: digit k is how
+// many times deposit k is in the state.
+func digits(v int) []int {
+	var d []int
+	for ; v > 0; v /= 4 {
+		d = append(d, v%4)
+	}
+	return d
+}
+
+func digit(d []int, k int) int {
+	if k < len(d) {
+		return d[k]
+	}
+	return 0
+}
+
+// checkDeposits checks one entity's deposits against their stored replies
+// and its final state. The Counter keeps its state in memory: a new
+// activation (after a move) starts from zero, so the state is the sum of
+// the deposits its activation applied, and a reply lists them (digits).
+// Deposits are sent one at a time and handled in the order stored, so:
+//
+//   - an acknowledged deposit has a stored reply (it was handled, not
+//     lost);
+//   - every reply holds its own deposit once and none twice;
+//   - the reply of an acknowledged deposit k from an activation that began
+//     at deposit s holds every acknowledged deposit from s to k, and none
+//     after k (one missing was applied elsewhere: two activations at once);
+//   - activations begin at non-decreasing deposits (an older one
+//     answering after a newer one is a stale runner);
+//   - the final state is 0 (a fresh activation) or the last state of the
+//     activation it continues.
+//
+// A deposit whose every send failed may have been stored late, out of
+// order, so only its own digit is checked.
+func checkDeposits(e *depEntity) []string {
+	var bad []string
+	fail := func(format string, args ...any) { bad = append(bad, e.id+": "+fmt.Sprintf(format, args...)) }
+	began := map[int]int{} // activation's first deposit -> its largest state seen
+	lastBegin := 0
+	for _, d := range e.deps {
+		switch {
+		case d.err != nil:
+			fail("deposit %d: stored reply is an error: %v", d.k, d.err)
+			continue
+		case !d.stored:
+			if d.acked {
+				fail("deposit %d (%s) acknowledged, never handled: no stored reply", d.k, d.msgID)
+			}
+			continue
+		}
+		dg := digits(d.reply)
+		if digit(dg, d.k) != 1 {
+			fail("deposit %d in its own reply %d times (reply %d)", d.k, digit(dg, d.k), d.reply)
+		}
+		begin := -1
+		for j, x := range dg {
+			if x > 1 {
+				fail("reply of deposit %d holds deposit %d %d times", d.k, j, x)
+			}
+			if x > 0 && begin < 0 {
+				begin = j
+			}
+		}
+		began[begin] = max(began[begin], d.reply)
+		if !d.acked {
+			continue
+		}
+		for j := d.k + 1; j < len(dg); j++ {
+			if dg[j] != 0 {
+				fail("reply of deposit %d holds the later deposit %d", d.k, j)
+			}
+		}
+		for j := max(begin, 0); j < d.k; j++ {
+			if e.deps[j].acked && dg[j] != 1 {
+				fail("reply of deposit %d (activation from deposit %d) lacks acknowledged deposit %d: applied by another activation", d.k, begin, j)
+			}
+		}
+		if begin < lastBegin {
+			fail("deposit %d answered by an activation from deposit %d after one from deposit %d had answered: a stale activation", d.k, begin, lastBegin)
+		}
+		lastBegin = max(lastBegin, begin)
+	}
+	switch {
+	case e.finalErr != nil:
+		fail("GetValue after the load: %v", e.finalErr)
+	case e.final != 0:
+		dg := digits(e.final)
+		begin := slices.IndexFunc(dg, func(x int) bool { return x > 0 })
+		if want, ok := began[begin]; !ok || e.final != want {
+			fail("final state %d, want 0 or the last state of the activation from deposit %d (%d)", e.final, begin, want)
+		}
+	}
+	return bad
+}
