@@ -71,6 +71,7 @@ image:
 # with a random seed (printed; rerun one with CHAOS_FLAGS=-chaos.seed=N).
 # Both fail on any invariant violation (NATSMESH_TOLERATE_KNOWN_BUGS=1
 # tolerates those matching a fixed bug's signature, to bisect old revisions).
+# chaos-containers runs docker-compose.yml under load and faults its containers (docker pause, network disconnect, kill; test/compose, needs Docker).
 CHAOS_DURATION ?= 20m
 CHAOS_FLAGS ?=
 CHAOS_TEST = $(GO) test -tags chaos -run '^TestChaos$$' -count=1 -v ./test/chaos
@@ -78,3 +79,7 @@ chaos-short:
 	$(CHAOS_TEST) -timeout 20m -chaos.seed=1 -chaos.duration=2m $(CHAOS_FLAGS)
 chaos:
 	$(CHAOS_TEST) -timeout 0 -chaos.duration=$(CHAOS_DURATION) $(CHAOS_FLAGS)
+
+.PHONY: chaos-containers
+chaos-containers:
+	NATSMESH_COMPOSE_FAULTS=1 $(GO) test -run '^TestComposeFaults$$' -count=1 -v -timeout 45m ./test/compose
