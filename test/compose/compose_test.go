@@ -9,6 +9,11 @@
 // It needs a Docker engine with Compose (docker compose or docker-compose)
 // and runs only with NATSMESH_COMPOSE_TEST=1, which .ci/run sets; it logs
 // one greppable line starting with "COMPOSE".
+//
+// TestComposeFaults (faults_test.go; NATSMESH_COMPOSE_FAULTS=1, make
+// chaos-containers) uses the containers as hosts under a load: docker
+// pause, network disconnects of a runner and of a NATS server, docker kill;
+// it logs a line starting with "COMPOSEFAULTS".
 package compose_test
 
 import (

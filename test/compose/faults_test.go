@@ -71,7 +71,7 @@ func TestComposeFaults(t *testing.T) {
 	// Debug logs: runners then log each shard they start serving and hand
 	// off, besides the fencing they always log (checkFencing).
 	c, built := upCompose(ctx, t, "NATSMESH_LOG_LEVEL=debug")
-	fr := &faultRun{c: c, hosts: map[string]string{}, frozen: map[string][]span{}, killed: map[string]bool{}}
+	fr := &faultRun{c: c, hosts: map[string]string{}, frozen: map[string][]pauseSpan{}, killed: map[string]bool{}}
 	t.Cleanup(func() { fr.saveLogs(t, dir) }) // before compose down
 
 	natsAddr := c.must(ctx, "port", "nats1", "4222")
@@ -138,6 +138,9 @@ func TestComposeFaults(t *testing.T) {
 	fence, fv := fr.checkFencing(t)
 	violations = append(violations, fv...)
 	if err := os.WriteFile(filepath.Join(dir, "violations.txt"), []byte(strings.Join(violations, "\n")+"\n"), 0o644); err != nil {
+		t.Error(err)
+	}
+	if err := ld.write(filepath.Join(dir, "load.txt")); err != nil {
 		t.Error(err)
 	}
 
@@ -215,7 +218,9 @@ func endpoints(ctx context.Context, t testing.TB, container string) map[string]e
 	return eps
 }
 
-type span struct{ from, to time.Time }
+// pauseSpan is a docker pause window: from before the pause command to
+// after the unpause command, which started at thaw.
+type pauseSpan struct{ from, thaw, to time.Time }
 
 // fault is one injected fault, from the docker command that made it to
 // full service again.
@@ -236,9 +241,9 @@ type faultRun struct {
 	ld     *load
 	faults []*fault
 
-	hosts  map[string]string // runner id -> container host name, from every Inspect
-	frozen map[string][]span // host -> docker pause windows
-	killed map[string]bool   // runner ids killed
+	hosts  map[string]string      // runner id -> container host name, from every Inspect
+	frozen map[string][]pauseSpan // host -> docker pause windows
+	killed map[string]bool        // runner ids killed
 }
 
 func (fr *faultRun) inspect(ctx context.Context) (*mesh.ClusterStatus, error) {
@@ -357,9 +362,10 @@ func (fr *faultRun) pauseRunner(ctx context.Context, t *testing.T, svc string) {
 	mustDocker(ctx, t, "pause", ctr)
 	t.Logf("pause %s (runner %s, %d shards)", svc, id, len(held))
 	fr.waitTakeover(t, f, id, held, minHold)
+	thaw := time.Now()
 	mustDocker(ctx, t, "unpause", ctr)
 	f.healed = time.Now()
-	fr.frozen[svc] = append(fr.frozen[svc], span{f.from, f.healed})
+	fr.frozen[svc] = append(fr.frozen[svc], pauseSpan{f.from, thaw, f.healed})
 	f.note = fmt.Sprintf("runner %s frozen %v", id, f.healed.Sub(f.from).Round(100*time.Millisecond))
 	fr.waitFull(ctx, t, f)
 }
@@ -568,7 +574,7 @@ func (fr *faultRun) checkFencing(t testing.TB) (string, []string) {
 	released := map[int]bool{} // shard -> a delete came soon after its last put
 	var bad []string
 	lapsed, beforeT, onWake, dead := 0, 0, 0, 0
-	minMargin, maxWake := time.Duration(-1), time.Duration(0)
+	var margins, wakes []time.Duration
 	for _, e := range fr.leases.Entries() {
 		n := e.Shard.N
 		p := last[n]
@@ -607,21 +613,19 @@ func (fr *faultRun) checkFencing(t testing.TB) (string, []string) {
 		}
 		if fenced && fence.Before(e.At) {
 			beforeT++
-			if m := e.At.Sub(fence); minMargin < 0 || m < minMargin {
-				minMargin = m
-			}
+			margins = append(margins, e.At.Sub(fence))
 			continue
 		}
 		wake, frozen := time.Time{}, false
 		for _, sp := range fr.frozen[host] {
 			if !e.At.Before(sp.from) && !e.At.After(sp.to) {
-				wake, frozen = sp.to, true
+				wake, frozen = sp.thaw, true
 			}
 		}
 		switch {
 		case frozen && fenced && fence.Before(wake.Add(5*time.Second)):
 			onWake++
-			maxWake = max(maxWake, fence.Sub(wake))
+			wakes = append(wakes, fence.Sub(wake))
 		case frozen && fenced:
 			bad = append(bad, fmt.Sprintf("%s: %s was frozen then, but fenced only %v after waking", name, host, fence.Sub(wake)))
 		case fenced:
@@ -630,9 +634,17 @@ func (fr *faultRun) checkFencing(t testing.TB) (string, []string) {
 			bad = append(bad, fmt.Sprintf("%s: %s never logged fencing it", name, host))
 		}
 	}
-	summary := fmt.Sprintf("lapsed:%d,fenced-before-takeover:%d(min-margin=%v),fenced-on-waking:%d(max=%v),dead:%d",
-		lapsed, beforeT, minMargin.Round(time.Millisecond), onWake, maxWake.Round(time.Millisecond), dead)
+	summary := fmt.Sprintf("lapsed:%d,fenced-before-takeover:%d(by %s),fenced-on-waking:%d(after %s),dead:%d",
+		lapsed, beforeT, spread(margins), onWake, spread(wakes), dead)
 	return summary, bad
+}
+
+// spread formats the range of ds: "lo-hi".
+func spread(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%v-%v", slices.Min(ds).Round(time.Millisecond), slices.Max(ds).Round(time.Millisecond))
 }
 
 // The load: volatile Increments on one entity per shard (so every shard's
@@ -866,6 +878,30 @@ func (l *load) stats() loadStats {
 		st.errors += n
 	}
 	return st
+}
+
+// write writes every operation and its outcome to path, as evidence; call
+// after fetchReplies.
+func (l *load) write(path string) error {
+	var b strings.Builder
+	for _, e := range l.incs {
+		for _, op := range e.ops {
+			res := strconv.Itoa(op.value)
+			if op.err != nil {
+				res = "error: " + op.err.Error()
+			}
+			fmt.Fprintf(&b, "%s %s Increment %s %s\n", op.start.Format("15:04:05.000"), op.end.Format("15:04:05.000"), e.id, res)
+		}
+	}
+	for _, s := range l.deps {
+		for _, e := range s.entities {
+			for _, d := range e.deps {
+				fmt.Fprintf(&b, "Deposit %s acked=%v stored=%v reply=%d err=%v\n", d.msgID, d.acked, d.stored, d.reply, d.err)
+			}
+			fmt.Fprintf(&b, "GetValue %s %d err=%v\n", e.id, e.final, e.finalErr)
+		}
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
 // maxWindow returns the longest time an Increment entity went without an
