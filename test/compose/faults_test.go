@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -71,7 +72,7 @@ func TestComposeFaults(t *testing.T) {
 	// Debug logs: runners then log each shard they start serving and hand
 	// off, besides the fencing they always log (checkFencing).
 	c, built := upCompose(ctx, t, "NATSMESH_LOG_LEVEL=debug")
-	fr := &faultRun{c: c, hosts: map[string]string{}, frozen: map[string][]pauseSpan{}, killed: map[string]bool{}}
+	fr := &faultRun{c: c, dir: dir, hosts: map[string]string{}, frozen: map[string][]pauseSpan{}, killed: map[string]bool{}}
 	t.Cleanup(func() { fr.saveLogs(t, dir) }) // before compose down
 
 	natsAddr := c.must(ctx, "port", "nats1", "4222")
@@ -175,14 +176,24 @@ const faultsEnv = "NATSMESH_COMPOSE_FAULTS"
 // timeout. It returns when cond held.
 func waitUntil(t testing.TB, timeout, every time.Duration, cond func() bool, what string) time.Time {
 	t.Helper()
+	at, ok := poll(timeout, every, cond)
+	if !ok {
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	}
+	return at
+}
+
+// poll polls cond every period until it holds (true, and when) or timeout
+// passes (false).
+func poll(timeout, every time.Duration, cond func() bool) (time.Time, bool) {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+			return time.Time{}, false
 		}
 		time.Sleep(every) // poll interval of a wait with a deadline
 	}
-	return time.Now()
+	return time.Now(), true
 }
 
 // docker runs a docker command.
@@ -235,6 +246,7 @@ type fault struct {
 // faultRun drives the faults; only the test's goroutine uses it.
 type faultRun struct {
 	c      *compose
+	dir    string // evidence
 	nc     *nats.Conn
 	cfg    mesh.Config
 	leases *leaselog.Log
@@ -278,16 +290,83 @@ func (fr *faultRun) settled(ctx context.Context) bool {
 
 func (fr *faultRun) waitSettled(ctx context.Context, t testing.TB, timeout time.Duration) time.Time {
 	t.Helper()
-	return waitUntil(t, timeout, 500*time.Millisecond, func() bool { return fr.settled(ctx) }, "three runners holding their shards")
+	at, ok := poll(timeout, 500*time.Millisecond, func() bool { return fr.settled(ctx) })
+	if !ok {
+		fr.diagnose(ctx, t)
+		t.Fatalf("timed out after %v waiting for three runners holding their shards", timeout)
+	}
+	return at
+}
+
+// diagnose records why the cluster does not settle: what Inspect sees,
+// every mesh process's readiness, every NATS server's connections and
+// routes, then a goroutine dump of every mesh process (SIGQUIT: the Go
+// runtime prints every goroutine's stack and exits), which saveLogs keeps.
+func (fr *faultRun) diagnose(ctx context.Context, t testing.TB) {
+	t.Helper()
+	if st, err := fr.inspect(ctx); err != nil {
+		t.Logf("inspect: %v", err)
+	} else {
+		t.Logf("manager %q", st.Manager)
+		for _, r := range st.Runners {
+			t.Logf("runner %s on %s: assigned %d, held %d", r.ID, r.Host, r.Assigned, r.Held)
+		}
+	}
+	hc := &http.Client{Timeout: 3 * time.Second}
+	get := func(url string) string {
+		resp, err := hc.Get(url)
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.Status + "\n" + string(b)
+	}
+	for _, svc := range []string{"nats1", "nats2", "nats3"} {
+		ip := fr.ip(ctx, t, svc)
+		for _, path := range []string{"healthz", "connz", "routez"} {
+			if err := os.WriteFile(filepath.Join(fr.dir, svc+"."+path), []byte(get("http://"+ip+":8222/"+path)), 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	procs := []string{"shardmgr", "runner1", "runner2", "runner3"}
+	for _, svc := range procs {
+		t.Logf("%s (%s) /readyz: %s", svc, fr.ip(ctx, t, svc), get("http://"+fr.ip(ctx, t, svc)+":8081/readyz"))
+	}
+	for _, svc := range procs {
+		if _, err := docker(ctx, "kill", "-s", "QUIT", fr.container(ctx, svc)); err != nil {
+			t.Log(err)
+		}
+	}
+	_, ok := poll(30*time.Second, 250*time.Millisecond, func() bool {
+		for _, svc := range procs {
+			if out, err := docker(ctx, "inspect", "-f", "{{.State.Running}}", fr.container(ctx, svc)); err != nil || out != "false" {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("goroutine dumps of %v in their logs (all exited: %v)", procs, ok)
+}
+
+// ip returns the address of a service's container on the compose network.
+func (fr *faultRun) ip(ctx context.Context, t testing.TB, svc string) string {
+	t.Helper()
+	for _, ep := range endpoints(ctx, t, fr.container(ctx, svc)) {
+		return ep.IPAddress
+	}
+	return ""
 }
 
 // waitFull waits for full service: the cluster settled (three runners
 // holding what they are assigned), then every entity of the load answering
 // a call started after that. A NATS connection left dead by a network cut
-// is noticed by nats.go's pings (every 2 min by default), hence the bound.
+// is noticed by nats.go's pings (every 2 min, two unanswered: 4-6 min by
+// default), hence the bound.
 func (fr *faultRun) waitFull(ctx context.Context, t testing.TB, f *fault) {
 	t.Helper()
-	at := fr.waitSettled(ctx, t, 6*time.Minute)
+	at := fr.waitSettled(ctx, t, 8*time.Minute)
 	f.full = waitUntil(t, time.Minute, 100*time.Millisecond, func() bool { return fr.ld.allAnsweredSince(at) }, "every entity answering after the cluster settled")
 	t.Logf("%s %s: full service %v after the fault (%v after healing)", f.kind, f.target,
 		f.full.Sub(f.from).Round(100*time.Millisecond), f.full.Sub(f.healed).Round(100*time.Millisecond))
@@ -408,33 +487,37 @@ func (fr *faultRun) cutRunner(ctx context.Context, t *testing.T, svc string) {
 	fr.waitFull(ctx, t, f)
 }
 
-// cutNATS cuts a NATS server off the network for longer than a lease: the
-// one leading the lease bucket's stream if that is not nats1 (this
-// process's server), else nats2. Runners connected to it lose NATS as if
-// they were cut off themselves.
+// cutNATS cuts a NATS server off the network for longer than a lease:
+// of nats2 and nats3 (nats1 serves this process), the one that more mesh
+// processes (runners, shard manager) are connected to, or else the one
+// leading the lease bucket's stream. Those processes lose NATS as if they
+// were cut off themselves, until they notice and reconnect elsewhere.
 func (fr *faultRun) cutNATS(ctx context.Context, t *testing.T) {
-	svc, led := "nats2", false
+	users := fr.natsUsers(ctx, t)
+	svc := "nats2"
+	if len(users["nats3"]) > len(users["nats2"]) {
+		svc = "nats3"
+	}
 	js, err := natsjs.New(fr.nc)
 	if err != nil {
 		t.Fatal(err)
 	}
+	led := ""
 	if info, err := js.Stream(ctx, "KV_"+fr.cfg.Prefix+"_leases"); err == nil && info.CachedInfo().Cluster != nil {
-		if l := info.CachedInfo().Cluster.Leader; l == "nats2" || l == "nats3" {
-			svc, led = l, true
-		}
+		led = info.CachedInfo().Cluster.Leader
+	}
+	if len(users["nats3"]) == len(users["nats2"]) && led == "nats3" {
+		svc = "nats3"
 	}
 	ctr := fr.container(ctx, svc)
 	f := &fault{kind: "cut", target: svc, from: time.Now()}
 	fr.faults = append(fr.faults, f)
 	fr.cutOff(ctx, t, f, ctr, func() {
-		t.Logf("cut %s off the network (leads the lease bucket: %v)", svc, led)
+		t.Logf("cut %s off the network (clients: %v; lease bucket leader %s)", svc, users[svc], led)
 		time.Sleep(leaseExpiry + 3*time.Second) // the fault's duration
 	})
 	// Its JetStream caught up again (nats-server's own health check).
-	var ip string
-	for _, ep := range endpoints(ctx, t, ctr) {
-		ip = ep.IPAddress
-	}
+	ip := fr.ip(ctx, t, svc)
 	hc := &http.Client{Timeout: 2 * time.Second}
 	waitUntil(t, 2*time.Minute, 250*time.Millisecond, func() bool {
 		resp, err := hc.Get("http://" + ip + ":8222/healthz")
@@ -444,8 +527,43 @@ func (fr *faultRun) cutNATS(ctx context.Context, t *testing.T) {
 		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}, svc+" healthy")
-	f.note = fmt.Sprintf("led the lease bucket: %v; healthy %v after reconnecting", led, time.Since(f.healed).Round(100*time.Millisecond))
+	f.note = fmt.Sprintf("clients %v, lease bucket leader %s; healthy %v after reconnecting", users[svc], led, time.Since(f.healed).Round(100*time.Millisecond))
 	fr.waitFull(ctx, t, f)
+}
+
+// natsUsers returns, per NATS server, the mesh services connected to it
+// (its /connz, matched by address).
+func (fr *faultRun) natsUsers(ctx context.Context, t testing.TB) map[string][]string {
+	t.Helper()
+	byIP := map[string]string{}
+	for _, svc := range []string{"shardmgr", "runner1", "runner2", "runner3"} {
+		byIP[fr.ip(ctx, t, svc)] = svc
+	}
+	hc := &http.Client{Timeout: 3 * time.Second}
+	users := map[string][]string{}
+	for _, svc := range []string{"nats1", "nats2", "nats3"} {
+		resp, err := hc.Get("http://" + fr.ip(ctx, t, svc) + ":8222/connz?limit=1000")
+		if err != nil {
+			t.Fatalf("%s connz: %v", svc, err)
+		}
+		var connz struct {
+			Connections []struct {
+				IP string `json:"ip"`
+			} `json:"connections"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&connz)
+		_ = resp.Body.Close()
+		if err != nil {
+			t.Fatalf("%s connz: %v", svc, err)
+		}
+		for _, c := range connz.Connections {
+			if u, ok := byIP[c.IP]; ok {
+				users[svc] = append(users[svc], u)
+			}
+		}
+		slices.Sort(users[svc])
+	}
+	return users
 }
 
 // killRunner kills a runner's container (SIGKILL), waits until its shards
