@@ -115,8 +115,13 @@ func TestComposeFaults(t *testing.T) {
 	ld.stop()
 	t.Logf("faults done; load stopped after %v", time.Since(ld.began).Round(time.Second))
 
-	drainPersisted(ctx, t, nc, fr.cfg)
-	fetchReplies(ctx, t, client, ld)
+	drained := drainPersisted(ctx, t, nc, fr.cfg)
+	if !drained {
+		// Check what can be checked (a stuck message shows as an
+		// acknowledged deposit never handled), then record why.
+		defer fr.diagnose(ctx, t)
+	}
+	fetchReplies(ctx, t, client, ld, drained)
 	var violations []string
 	for _, e := range ld.incs {
 		violations = append(violations, checkIncrements(e)...)
@@ -155,7 +160,7 @@ func TestComposeFaults(t *testing.T) {
 		t.Logf("fault %s: %s", name, f.note)
 	}
 	t.Logf("errors by class: %v", st.errs)
-	t.Logf("COMPOSEFAULTS faults=%d calls=%d acknowledged=%d errors=%d (increments %d/%d answered; deposits %d acknowledged, %d unknown, %d handled, %d lost) max-unavailable=%v unavailable-per-fault=%s failover=%s fault-to-full-service=%s fencing=%s lease-log-gaps=%d violations=%d total=%v",
+	t.Logf("COMPOSEFAULTS faults=%d calls=%d acknowledged=%d errors=%d (increments %d/%d answered; deposits %d acknowledged, %d unknown, %d handled, %d acknowledged but not handled) max-unavailable=%v unavailable-per-fault=%s failover=%s fault-to-full-service=%s fencing=%s lease-log-gaps=%d violations=%d total=%v",
 		len(fr.faults), st.incs+st.deposits, st.incsOK+st.depositsAcked, st.errors,
 		st.incsOK, st.incs, st.depositsAcked, st.deposits-st.depositsAcked, applied, lost,
 		ld.maxWindow(ld.began, ld.stopped).Round(100*time.Millisecond), strings.Join(window, ","), strings.Join(served, ","), strings.Join(full, ","),
@@ -310,6 +315,25 @@ func (fr *faultRun) diagnose(ctx context.Context, t testing.TB) {
 		t.Logf("manager %q", st.Manager)
 		for _, r := range st.Runners {
 			t.Logf("runner %s on %s: assigned %d, held %d", r.ID, r.Host, r.Assigned, r.Held)
+		}
+	}
+	if js, err := natsjs.New(fr.nc); err == nil {
+		if s, err := js.Stream(ctx, fr.cfg.Prefix+"_persist"); err == nil {
+			t.Logf("stream %s: %d messages", fr.cfg.Prefix+"_persist", s.CachedInfo().State.Msgs)
+			for name := range s.ConsumerNames(ctx).Name() {
+				c, err := s.Consumer(ctx, name)
+				if err != nil {
+					t.Logf("consumer %s: %v", name, err)
+					continue
+				}
+				ci := c.CachedInfo()
+				leader := ""
+				if ci.Cluster != nil {
+					leader = ci.Cluster.Leader
+				}
+				t.Logf("consumer %s: %d filters, pending %d, ack pending %d, waiting %d, delivered %d, ack floor %d, leader %s",
+					name, len(ci.Config.FilterSubjects), ci.NumPending, ci.NumAckPending, ci.NumWaiting, ci.Delivered.Stream, ci.AckFloor.Stream, leader)
+			}
 		}
 	}
 	hc := &http.Client{Timeout: 3 * time.Second}
@@ -1056,9 +1080,10 @@ func (l *load) servedAfter(t time.Time) time.Duration {
 	return worst
 }
 
-// drainPersisted waits until every stored persisted message is handled,
-// and fails t if any was dead-lettered.
-func drainPersisted(ctx context.Context, t testing.TB, nc *nats.Conn, cfg mesh.Config) {
+// drainPersisted waits until every stored persisted message is handled
+// and reports whether they were; it fails t if any was dead-lettered or
+// the backlog did not drain.
+func drainPersisted(ctx context.Context, t testing.TB, nc *nats.Conn, cfg mesh.Config) bool {
 	t.Helper()
 	js, err := natsjs.New(nc)
 	if err != nil {
@@ -1073,20 +1098,27 @@ func drainPersisted(ctx context.Context, t testing.TB, nc *nats.Conn, cfg mesh.C
 		}
 		return s.CachedInfo().State.Msgs, nil
 	}
-	waitUntil(t, 3*time.Minute, 500*time.Millisecond, func() bool {
+	_, drained := poll(3*time.Minute, 500*time.Millisecond, func() bool {
 		n, err := count(cfg.Prefix + "_persist")
 		return err == nil && n == 0
-	}, "the persisted backlog drained")
+	})
+	if !drained {
+		n, err := count(cfg.Prefix + "_persist")
+		t.Errorf("persisted backlog not drained 3 min after the load stopped: %d messages (%v)", n, err)
+	}
 	if n, err := count(cfg.Prefix + "_deadletters"); err != nil && !errors.Is(err, natsjs.ErrStreamNotFound) {
 		t.Fatal(err)
 	} else if n > 0 {
 		t.Errorf("%d dead letters, want none (a Deposit cannot fail)", n)
 	}
+	return drained
 }
 
 // fetchReplies reads every deposit's stored reply (mesh.Reply: at once if
-// stored) and every deposit entity's final value, a few at a time.
-func fetchReplies(ctx context.Context, t testing.TB, client *mesh.Client, l *load) {
+// stored) and every deposit entity's final value, a few at a time. Once
+// the backlog drained, everything stored is handled: an acknowledged
+// deposit gets time for its reply to be read; if it did not drain, none.
+func fetchReplies(ctx context.Context, t testing.TB, client *mesh.Client, l *load, drained bool) {
 	t.Helper()
 	var jobs []func()
 	for _, s := range l.deps {
@@ -1096,7 +1128,7 @@ func fetchReplies(ctx context.Context, t testing.TB, client *mesh.Client, l *loa
 					// Everything stored is handled by now (drainPersisted):
 					// an unacknowledged deposit without a reply was not stored.
 					wait := 2 * time.Second
-					if d.acked {
+					if d.acked && drained {
 						wait = 15 * time.Second
 					}
 					rctx, cancel := context.WithTimeout(ctx, wait)
