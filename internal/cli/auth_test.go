@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/internal/authtest"
 	"github.com/natsmesh/natsmesh/internal/natstest"
@@ -123,6 +124,38 @@ func TestConnInboxPrefix(t *testing.T) {
 		var fe *FieldError
 		if err := c.Validate(); !errors.As(err, &fe) || fe.Key != "inbox-prefix" {
 			t.Errorf("Validate(inbox prefix %q) = %v, want an error naming inbox-prefix", bad, err)
+		}
+	}
+}
+
+// The connection is checked every PingInterval (5 s by default), with
+// writes bounded by the same time; 0 keeps nats.go's defaults and a value
+// below 100 ms is refused, naming the setting.
+func TestConnPingInterval(t *testing.T) {
+	s := natstest.StartServer(t)
+	for _, tt := range []struct {
+		set        time.Duration
+		ping, flsh time.Duration
+	}{
+		{DefaultPingInterval, DefaultPingInterval, DefaultPingInterval},
+		{time.Second, time.Second, time.Second},
+		{0, nats.DefaultPingInterval, nats.GetDefaultOptions().FlusherTimeout},
+	} {
+		c := Conn{URL: s.ClientURL(), PingInterval: tt.set}
+		nc, err := c.Connect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nc.Opts.PingInterval != tt.ping || nc.Opts.MaxPingsOut != 2 || nc.Opts.FlusherTimeout != tt.flsh {
+			t.Errorf("ping-interval %v: ping %v, max out %d, flusher timeout %v; want %v, 2, %v",
+				tt.set, nc.Opts.PingInterval, nc.Opts.MaxPingsOut, nc.Opts.FlusherTimeout, tt.ping, tt.flsh)
+		}
+		nc.Close()
+	}
+	for _, bad := range []time.Duration{-time.Second, time.Millisecond} {
+		var fe *FieldError
+		if err := (&Conn{URL: s.ClientURL(), PingInterval: bad}).Validate(); !errors.As(err, &fe) || fe.Key != "ping-interval" {
+			t.Errorf("Validate(ping-interval %v) = %v, want an error naming ping-interval", bad, err)
 		}
 	}
 }

@@ -10,9 +10,13 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
+
+// DefaultPingInterval is the default of Conn.PingInterval.
+const DefaultPingInterval = 5 * time.Second
 
 // Conn is how a binary connects to NATS; Register makes each field a
 // setting.
@@ -30,7 +34,14 @@ type Conn struct {
 	// the subjects replies come back on, so that server permissions can let
 	// each user subscribe to its own replies only (docs/security.md).
 	InboxPrefix string
-	Name        string // connection name shown by the server
+	// PingInterval (-ping-interval, NATS_PING_INTERVAL) is how often the
+	// connection is checked: one that answers no ping for two intervals,
+	// or whose socket accepts no write for one, is dropped and
+	// re-established. nats.go's defaults (2 min, 1 min) leave a process
+	// whose network was cut, then restored, on a dead connection for
+	// minutes, serving nothing although it is healthy.
+	PingInterval time.Duration
+	Name         string // connection name shown by the server
 }
 
 // Register adds the connection settings to s. Their environment variables
@@ -46,6 +57,7 @@ func (c *Conn) Register(s *Settings) {
 	s.String(&c.TLSCert, "", Spec{Name: "tls-cert", Env: "NATS_CERT", Usage: "client certificate file for TLS"})
 	s.String(&c.TLSKey, "", Spec{Name: "tls-key", Env: "NATS_KEY", Usage: "client key file for TLS"})
 	s.String(&c.InboxPrefix, "", Spec{Name: "inbox-prefix", Env: "NATS_INBOX_PREFIX", Usage: "subject prefix of reply inboxes instead of _INBOX (see docs/security.md)"})
+	s.Duration(&c.PingInterval, DefaultPingInterval, Spec{Name: "ping-interval", Env: "NATS_PING_INTERVAL", Usage: "how often the NATS connection is checked; one silent for two intervals, or with a write blocked for one, is re-established"})
 	s.Check(c.Validate)
 }
 
@@ -66,6 +78,8 @@ func (c *Conn) Validate() error {
 		return Bad("password", "password needs user")
 	case (c.TLSCert == "") != (c.TLSKey == ""):
 		return Bad("tls-cert", "tls-cert and tls-key go together")
+	case c.PingInterval < 0 || (c.PingInterval > 0 && c.PingInterval < 100*time.Millisecond):
+		return Bad("ping-interval", "want at least 100ms (0: nats.go's default of 2m), got %v", c.PingInterval)
 	case c.InboxPrefix != "" && !validInboxPrefix(c.InboxPrefix):
 		return Bad("inbox-prefix", "want subject tokens without wildcards or white space, not ending in a dot, got %q", c.InboxPrefix)
 	}
@@ -83,6 +97,9 @@ func (c *Conn) Validate() error {
 // Options returns the nats.Options for these settings.
 func (c *Conn) Options() ([]nats.Option, error) {
 	opts := []nats.Option{nats.MaxReconnects(-1)}
+	if c.PingInterval > 0 {
+		opts = append(opts, nats.PingInterval(c.PingInterval), nats.MaxPingsOutstanding(2), nats.FlusherTimeout(c.PingInterval))
+	}
 	if c.Name != "" {
 		opts = append(opts, nats.Name(c.Name))
 	}
