@@ -657,3 +657,18 @@ func TestClusterOutlivedRegistration(t *testing.T) {
 		}
 	}
 }
+
+// A runner whose assignment watch stalls (as one on a lost NATS server
+// can, without closing) still follows its assignment by re-reading it: its
+// shards move to a new runner.
+func TestClusterStalledAssignmentWatch(t *testing.T) {
+	c := newTestCluster(t, clusterConfig())
+	m, _ := c.manager()
+	natstest.WaitFor(t, 10*time.Second, m.Ready, "manager ready")
+	a := c.runner("a", 1, nil)
+	c.waitBalanced(map[string]int{"a": 24})
+	mesh.StallAssignmentWatch(a)
+	c.runner("b", 1, nil)
+	c.waitBalanced(map[string]int{"a": 12, "b": 12})
+	c.obs.check(t)
+}

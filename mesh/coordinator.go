@@ -36,10 +36,15 @@ type coordinator struct {
 	done     chan struct{} // closed when loop returns
 	wake     chan struct{}
 	stopOnce sync.Once
+	// stallWatch makes the loop ignore the assignment watch, as a watch
+	// stalled on a lost NATS server would (tests only).
+	stallWatch atomic.Bool
 
 	mu      sync.Mutex
 	desired map[ShardID]bool
-	owned   map[ShardID]*heldShard
+	// assignRev is the revision of each group's assignment last applied.
+	assignRev map[string]uint64
+	owned     map[ShardID]*heldShard
 	// byPart mirrors owned by actor partition (Runner.partition), read
 	// without the lock by valid on every message.
 	byPart   []atomic.Pointer[heldShard]
@@ -60,12 +65,13 @@ func newCoordinator(ctx context.Context, r *Runner) (*coordinator, error) {
 	}
 	c := &coordinator{
 		r: r, st: st,
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
-		wake:    make(chan struct{}, 1),
-		desired: map[ShardID]bool{},
-		owned:   map[ShardID]*heldShard{},
-		byPart:  make([]atomic.Pointer[heldShard], len(r.cfg.ShardGroups)*r.cfg.ShardsPerGroup),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		desired:   map[ShardID]bool{},
+		assignRev: map[string]uint64{},
+		owned:     map[ShardID]*heldShard{},
+		byPart:    make([]atomic.Pointer[heldShard], len(r.cfg.ShardGroups)*r.cfg.ShardsPerGroup),
 	}
 	if err := c.register(ctx); err != nil {
 		return nil, err
@@ -155,6 +161,9 @@ func (c *coordinator) loop() {
 				aw, updates = nil, nil
 				continue
 			}
+			if c.stallWatch.Load() {
+				continue
+			}
 			if e != nil {
 				c.onAssignment(e)
 			} else {
@@ -173,6 +182,7 @@ func (c *coordinator) loop() {
 		case <-c.wake:
 		case <-tick.C:
 			c.keepRegistered(ctx)
+			c.rereadAssignments(ctx)
 		}
 		c.reconcile(ctx)
 	}
@@ -200,6 +210,28 @@ func (c *coordinator) keepRegistered(ctx context.Context) {
 	}
 }
 
+// rereadAssignments reads each group's assignment: the watch can lag or,
+// after a NATS server is lost, stall without closing, and a runner that
+// misses its new assignment serves nothing while it is healthy. A newer
+// revision than the last one seen is applied as the watch would.
+func (c *coordinator) rereadAssignments(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, c.r.cfg.RefreshAssignmentsInterval)
+	defer cancel()
+	for g := range c.r.groups {
+		e, err := c.st.assignments.Get(ctx, g)
+		if err != nil {
+			continue // none yet, or NATS unreachable: the watch and the next tick
+		}
+		c.mu.Lock()
+		newer := e.Revision() > c.assignRev[g]
+		c.mu.Unlock()
+		if newer {
+			c.r.log.Info("assignment found by re-reading", "group", g, "revision", e.Revision())
+			c.onAssignment(e)
+		}
+	}
+}
+
 // onAssignment records which shards of a group are assigned to this runner.
 func (c *coordinator) onAssignment(e natsjs.KeyValueEntry) {
 	group := e.Key()
@@ -216,6 +248,10 @@ func (c *coordinator) onAssignment(e natsjs.KeyValueEntry) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if e.Revision() < c.assignRev[group] {
+		return // older than what the watch or a re-read already gave
+	}
+	c.assignRev[group] = e.Revision()
 	for n := range c.r.cfg.ShardsPerGroup {
 		s := ShardID{Group: group, N: n}
 		if n < len(a.Shards) && a.Shards[n] == c.r.id {

@@ -31,3 +31,8 @@ func DebugPersisted(r *Runner) string {
 	}
 	return out
 }
+
+// StallAssignmentWatch makes r ignore its assignment watch from now on, as
+// if the watch had stalled: only re-reading the assignments can move its
+// shards.
+func StallAssignmentWatch(r *Runner) { r.coordp.Load().stallWatch.Store(true) }
