@@ -102,7 +102,7 @@ func FuzzAssignmentRecord(f *testing.F) {
 		cfg := DefaultConfig()
 		cfg.ShardsPerGroup, cfg.ShardGroups = shards, []string{"default", "other"}
 		r := &Runner{id: "r1", cfg: cfg, groups: map[string]int{"default": 0, "other": 1}, log: slog.New(slog.DiscardHandler)}
-		c := &coordinator{r: r, desired: map[ShardID]bool{}}
+		c := &coordinator{r: r, desired: map[ShardID]bool{}, assignRev: map[string]uint64{}}
 		before := map[ShardID]bool{}
 		for _, g := range cfg.ShardGroups {
 			for _, n := range []int{1, 5} { // some shards wanted before the record

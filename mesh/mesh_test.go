@@ -360,6 +360,13 @@ func TestBadRequests(t *testing.T) {
 		{"bad timeout", subj("a", "Counter", "GetValue"), nats.Header{"Mesh-Id": {"a"}, "Mesh-Timeout": {"soon"}}, "", mesh.CodeBadRequest},
 		{"route: unknown rpc", "mesh.v1.entity.Counter.Nope", nats.Header{"Mesh-Id": {"a"}}, "", mesh.CodeUnknownRPC},
 		{"route: missing id", "mesh.v1.entity.Counter.GetValue", nats.Header{}, "", mesh.CodeBadRequest},
+		{"compact: unknown codec", subj("a", "Counter", "Increment") + ".xml.a", nil, "", mesh.CodeBadRequest},
+		{"compact: id header too", subj("a", "Counter", "Increment") + ".json.a", nats.Header{"Mesh-Id": {"a"}}, "", mesh.CodeBadRequest},
+		{"compact: codec header too", subj("a", "Counter", "Increment") + ".json.a", nats.Header{"Mesh-Codec": {"json"}}, "", mesh.CodeBadRequest},
+		{"compact: wrong shard", fmt.Sprintf("mesh.v1.call.default.%d.Counter.GetValue.json.a", (shard("a")+1)%cfg.ShardsPerGroup), nil, "", mesh.CodeBadRequest},
+		{"compact: missing id token", subj("a", "Counter", "Increment") + ".json", nil, "", mesh.CodeBadRequest},
+		{"compact: non-ASCII id token", subj("日本", "Counter", "Increment") + ".json.日本", nil, "", mesh.CodeBadRequest},
+		{"compact: malformed json", subj("a", "Counter", "Increment") + ".json.a", nil, "{oops", mesh.CodeMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -371,6 +378,20 @@ func TestBadRequests(t *testing.T) {
 				t.Fatalf("body %s lacks code %s", body, tt.want)
 			}
 		})
+	}
+	// The compact form: the id and codec in the subject, no header at all.
+	for _, codec := range []string{"json", "msgpack"} {
+		m := &nats.Msg{Subject: subj("compact-1", "Counter", "Increment") + "." + codec + ".compact-1", Data: []byte(`{"amount":2}`)}
+		if codec == "msgpack" {
+			m.Data = []byte{0x81, 0xa6, 'a', 'm', 'o', 'u', 'n', 't', 0x02} // {"amount": 2}
+		}
+		reply, err := e.nc.RequestMsg(m, 5*time.Second)
+		if err != nil || reply.Header.Get(mesh.HeaderError) != "" {
+			t.Fatalf("compact %s call: %v %q %v", codec, err, reply.Data, reply.Header)
+		}
+	}
+	if v, err := mesh.Call(context.Background(), e.c, GetValue, "compact-1", actor.Empty{}); err != nil || v != 4 {
+		t.Fatalf("after two compact calls: %d, %v; want 4", v, err)
 	}
 	// A JSON caller on the route subject needs no hashing.
 	m := &nats.Msg{Subject: "mesh.v1.entity.Counter.Increment", Header: nats.Header{"Mesh-Id": {"routed.id"}}, Data: []byte(`{"amount":4}`)}
@@ -502,6 +523,39 @@ func TestConcurrentClients(t *testing.T) {
 	for i := range 5 {
 		if v, err := mesh.Call(ctx, e.c, GetValue, fmt.Sprintf("c%d", i), actor.Empty{}); err != nil || v != 80 {
 			t.Fatalf("c%d = %d, %v; want 80", i, v, err)
+		}
+	}
+}
+
+// The Go client uses the compact subject, with no header, for ids that fit
+// in a subject token, and the header form for the others.
+func TestClientSubjectForms(t *testing.T) {
+	e := setup(t)
+	seen := make(chan *nats.Msg, 4)
+	sub, err := e.nc.ChanSubscribe("mesh.v1.call.>", seen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := e.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		id      string
+		compact bool
+	}{{"plain-id_1", true}, {"a.b", false}, {"日本", false}, {"sp ace", false}} {
+		if _, err := mesh.Call(context.Background(), e.c, GetValue, tt.id, actor.Empty{}); err != nil {
+			t.Fatalf("call %q: %v", tt.id, err)
+		}
+		m := <-seen
+		if got := strings.HasSuffix(m.Subject, ".msgpack."+tt.id); got != tt.compact {
+			t.Errorf("id %q: subject %q, compact form %v, want %v", tt.id, m.Subject, got, tt.compact)
+		}
+		if tt.compact && len(m.Header) != 0 {
+			t.Errorf("id %q: compact call with headers %v", tt.id, m.Header)
+		}
+		if !tt.compact && m.Header.Get(mesh.HeaderCodec) != "msgpack" {
+			t.Errorf("id %q: header form without its codec header: %v", tt.id, m.Header)
 		}
 	}
 }

@@ -498,12 +498,12 @@ func (r *Runner) onCall(m *nats.Msg) {
 		}
 		return
 	}
-	shard, entityType, rpc, ok := r.subj.parseCall(m.Subject)
+	c, ok := r.subj.parseCallSubject(m.Subject)
 	if !ok {
 		r.refuse(m, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
 		return
 	}
-	r.handle(m, shard, entityType, rpc)
+	r.handle(m, c)
 }
 
 // leaseValid reports whether this runner may act on shard s now: always
@@ -553,9 +553,10 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// handle delivers one call to its entity; shard is the shard the caller
+// handle delivers one call to its entity; c.shard is the shard the caller
 // addressed.
-func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
+func (r *Runner) handle(m *nats.Msg, c callSubject) {
+	shard, entityType, rpc := c.shard, c.entityType, c.rpc
 	if r.badReply(m, entityType, rpc) {
 		return
 	}
@@ -566,15 +567,30 @@ func (r *Runner) handle(m *nats.Msg, shard ShardID, entityType, rpc string) {
 		// reaches the new owner.
 		return
 	}
-	codec, err := CodecByName(m.Header.Get(HeaderCodec))
-	if err != nil {
-		r.refuse(m, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
-		return
-	}
-	id, err := getID(m.Header)
-	if err != nil {
-		r.refuse(m, codec, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
-		return
+	var codec Codec
+	var id string
+	var err error
+	if c.compact {
+		// The subject says it all: headers saying it too are refused, not
+		// guessed between.
+		if codec, err = CodecByName(c.codecName); err != nil || c.codecName == "" {
+			r.refuse(m, JSON, nil, fmt.Errorf("%w: codec %q in the subject", ErrBadRequest, c.codecName))
+			return
+		}
+		if m.Header.Get(HeaderCodec) != "" || m.Header.Get(HeaderID) != "" || m.Header.Get(HeaderIDBase64) != "" {
+			r.refuse(m, codec, nil, fmt.Errorf("%w: a compact call subject carries the id and codec; %s, %s and %s are not allowed with it", ErrBadRequest, HeaderID, HeaderIDBase64, HeaderCodec))
+			return
+		}
+		id = c.id
+	} else {
+		if codec, err = CodecByName(m.Header.Get(HeaderCodec)); err != nil {
+			r.refuse(m, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+			return
+		}
+		if id, err = getID(m.Header); err != nil {
+			r.refuse(m, codec, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+			return
+		}
 	}
 	if err := actor.ValidateID(id); err != nil {
 		r.refuse(m, codec, nil, err)
@@ -735,8 +751,8 @@ func (r *Runner) refuse(m *nats.Msg, codec Codec, info actor.RPCInfo, err error)
 		return // see stopShard: a fenced shard stays silent
 	}
 	if o := r.cfg.Observer; o != nil {
-		_, entityType, rpc, _ := r.subj.parseCall(m.Subject)
-		o.CallRefused(entityType, rpc, codeOf(err))
+		c, _ := r.subj.parseCallSubject(m.Subject)
+		o.CallRefused(c.entityType, c.rpc, codeOf(err))
 	}
 	if m.Reply == "" {
 		r.log.Debug("call failed with no reply subject", "subject", m.Subject, "err", err)
@@ -818,7 +834,7 @@ func (r *Runner) onRoute(m *nats.Msg) {
 	_, local := r.shards[shard]
 	r.mu.Unlock()
 	if local {
-		r.handle(m, shard, entityType, rpc)
+		r.handle(m, callSubject{shard: shard, entityType: entityType, rpc: rpc})
 		return
 	}
 	if m.Header.Get(HeaderStreamWindow) != "" {

@@ -74,24 +74,76 @@ func (s subjects) route(entityType, rpc string) string {
 
 func (s subjects) routeAll() string { return s.prefix + "." + ProtocolVersion + ".entity.*.*" }
 
-// parseCall splits a call subject into its shard, type and rpc.
+// parseCall splits a call subject of the header form into its shard, type
+// and rpc.
 func (s subjects) parseCall(subject string) (shard ShardID, entityType, rpc string, ok bool) {
-	rest, found := strings.CutPrefix(subject, s.prefix+"."+ProtocolVersion+".call.")
-	if !found {
+	c, ok := s.parseCallSubject(subject)
+	if !ok || c.compact {
 		return ShardID{}, "", "", false
 	}
-	// Four tokens: group, shard, type, rpc (no allocation: this runs per call).
+	return c.shard, c.entityType, c.rpc, true
+}
+
+// callSubject is a parsed call subject: the header form (four tokens after
+// "call") or the compact form, which adds the codec and the id.
+type callSubject struct {
+	shard           ShardID
+	entityType, rpc string
+	compact         bool
+	codecName, id   string // compact form only
+}
+
+// parseCallSubject parses either form of call subject (no allocation: this
+// runs per call).
+func (s subjects) parseCallSubject(subject string) (c callSubject, ok bool) {
+	rest, found := strings.CutPrefix(subject, s.prefix+"."+ProtocolVersion+".call.")
+	if !found {
+		return c, false
+	}
 	group, rest, ok1 := strings.Cut(rest, ".")
 	num, rest, ok2 := strings.Cut(rest, ".")
-	entityType, rpc, ok3 := strings.Cut(rest, ".")
-	if !ok1 || !ok2 || !ok3 || strings.Contains(rpc, ".") {
-		return ShardID{}, "", "", false
+	entityType, rest, ok3 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || !ok3 {
+		return c, false
+	}
+	rpc, rest, more := strings.Cut(rest, ".")
+	if more {
+		codec, id, ok4 := strings.Cut(rest, ".")
+		if !ok4 || !IDSubjectSafe(id) {
+			return c, false
+		}
+		c.compact, c.codecName, c.id = true, codec, id
 	}
 	n, err := strconv.Atoi(num)
 	if err != nil || n < 0 {
-		return ShardID{}, "", "", false
+		return callSubject{}, false
 	}
-	return ShardID{Group: group, N: n}, entityType, rpc, true
+	c.shard, c.entityType, c.rpc = ShardID{Group: group, N: n}, entityType, rpc
+	return c, true
+}
+
+// compactCall is the compact call subject of id: the header form's subject
+// followed by the codec name and the id, which must be IDSubjectSafe.
+func compactCall(callSubject, codecName, id string) string {
+	return callSubject + "." + codecName + "." + id
+}
+
+// MaxSubjectID is the longest id the compact call subject carries.
+const MaxSubjectID = 256
+
+// IDSubjectSafe reports whether id can be the last token of a compact call
+// subject (docs/protocol.md): 1 to MaxSubjectID bytes of printable ASCII
+// other than '.', '*' and '>'.
+func IDSubjectSafe(id string) bool {
+	if id == "" || len(id) > MaxSubjectID {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c >= 0x7f || c == '.' || c == '*' || c == '>' {
+			return false
+		}
+	}
+	return true
 }
 
 // parseRoute splits a route subject into type and rpc.
