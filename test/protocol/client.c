@@ -370,6 +370,30 @@ static void check_ids(void) {
     }
 }
 
+/* check_compact calls on the compact subject: the codec and id are its last
+ * tokens and the request carries no header; the entity is the one the
+ * header form reaches for the same id. */
+static void check_compact(void) {
+    const header none[] = {{NULL, NULL}};
+    const header hs[] = {{"Mesh-Id", "compact-c"}, {NULL, NULL}};
+    char subj[256], hsubj[256];
+    long long got;
+    unsigned shard = shard_of(ID("compact-c"), SHARDS);
+    snprintf(subj, sizeof subj, CALL ".%u.Counter.Increment.json.compact-c", shard);
+    if (!call_value("compact-increment", subj, none, "{\"amount\":21}", &got)) {
+        return;
+    }
+    if (got != 21) {
+        fail("compact-increment", "Increment = %lld, want 21", got);
+        return;
+    }
+    ok("compact-increment", "%lld", got);
+    call_subject(hsubj, sizeof hsubj, shard, "GetValue");
+    expect_value("compact-same-entity", hsubj, hs, "", 21);
+    snprintf(subj, sizeof subj, CALL ".%u.Counter.GetValue.json.compact-c", shard);
+    expect_value("compact-getvalue", subj, none, "", 21);
+}
+
 /* check_errors checks the error replies of the document's table. */
 static void check_errors(unsigned shard) {
     char subj[256], wrong[256], unknown[256], nobody[256], longid[1026], enc[64];
@@ -863,6 +887,7 @@ int main(int argc, char **argv) {
                  "", 5);
 
     check_ids();
+    check_compact();
     check_errors(shard);
     check_failure();
     check_fire_and_forget();

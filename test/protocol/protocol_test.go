@@ -54,6 +54,9 @@ var checks = []struct{ name, want string }{
 	{"id-emoji", "16"},
 	{"id-leading-space", "17"},
 	{"id-newline", "18"},
+	{"compact-increment", "21"},
+	{"compact-same-entity", "21"},
+	{"compact-getvalue", "21"},
 	{"err-unknown-rpc", "UnknownRpc"},
 	{"err-unknown-rpc-route", "UnknownRpc"},
 	{"err-unknown-entity", "UnknownEntity"},
@@ -98,6 +101,7 @@ var entities = []struct {
 	{"emoji 🎉", 16},
 	{" leading", 17},
 	{"line1\nline2", 18},
+	{"compact-c", 21},
 	{"wallet", 6},
 	{"fire-and-forget", 7},
 }
