@@ -37,7 +37,18 @@ func FuzzParseCall(f *testing.F) {
 	f.Add("mesh.v1.call.a.b.c.d.e")
 	f.Add("mesh.v1.call.default.01.X.Y")
 	f.Add("mesh.v1.entity.Counter.Increment")
+	f.Add("mesh.v1.call.default.17.Counter.Increment.msgpack.user-1")
+	f.Add("mesh.v1.call.default.17.Counter.Increment.json.a.b")
+	f.Add("mesh.v1.call.default.17.Counter.Increment.json.")
 	f.Fuzz(func(t *testing.T, subject string) {
+		if c, ok := s.parseCallSubject(subject); ok && c.compact {
+			if !IDSubjectSafe(c.id) || strings.Contains(c.codecName, ".") {
+				t.Fatalf("parseCallSubject(%q) accepted id %q, codec %q", subject, c.id, c.codecName)
+			}
+			if rebuilt := compactCall(s.call(c.shard, c.entityType, c.rpc), c.codecName, c.id); rebuilt != subject && shardToken(subject) == shardToken(rebuilt) {
+				t.Fatalf("parseCallSubject(%q) = %+v, which builds %q", subject, c, rebuilt)
+			}
+		}
 		shard, typ, rpc, ok := s.parseCall(subject)
 		if !ok {
 			return
