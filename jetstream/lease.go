@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -114,6 +115,9 @@ type Lease struct {
 	// was sent plus TTL minus Margin. It carries Go's monotonic clock
 	// reading, so wall-clock jumps do not move it.
 	expires time.Time
+	// acquired is the revision of the acquisition this lease descends from
+	// (0 if not acquired through this process's Leases).
+	acquired uint64
 }
 
 // Valid reports whether the holder may still act on the lease at now
@@ -151,6 +155,35 @@ type Leases struct {
 	subjPrefix string // $KV.<bucket>.
 	getSubj    string // leader-only message get on the bucket's stream
 	infoSubj   string // the bucket's stream info
+
+	// newest is, per key, the revision of the newest acquisition made
+	// through this store. A holder id names a process, not one
+	// acquisition: a lease released late (a hand-off whose release waited
+	// out a network cut) must not take a newer acquisition of the same key
+	// by the same process for a renewal of its own and delete it.
+	mu     sync.Mutex
+	newest map[string]uint64
+}
+
+// acquiredAt records an acquisition of key at rev.
+func (ls *Leases) acquiredAt(key string, rev uint64) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.newest == nil {
+		ls.newest = map[string]uint64{}
+	}
+	if rev > ls.newest[key] {
+		ls.newest[key] = rev
+	}
+}
+
+// superseded reports whether this process acquired l's key again after
+// the acquisition l descends from: revisions naming l.Holder past that
+// point are not l's.
+func (ls *Leases) superseded(l Lease) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.newest[l.Key] > l.acquired
 }
 
 // OpenLeases creates the lease bucket, or updates it to cfg, and returns
@@ -234,7 +267,7 @@ func (ls *Leases) Acquire(ctx context.Context, key, holder string, opts ...Acqui
 			return ls.kv.Create(ctx, key, value, natsjs.KeyTTL(ls.cfg.TTL))
 		})
 		if err == nil {
-			return ls.lease(key, holder, o.meta, rev, sent), nil
+			return ls.acquiredLease(key, holder, o.meta, rev, sent), nil
 		}
 		if err := final(ctx, err); err != nil {
 			return Lease{}, fmt.Errorf("acquire %s: %w", key, err)
@@ -258,7 +291,7 @@ func (ls *Leases) Acquire(ctx context.Context, key, holder string, opts ...Acqui
 				return ls.cas(ctx, key, value, e.rev)
 			})
 			if err == nil {
-				return ls.lease(key, holder, o.meta, rev, sent), nil
+				return ls.acquiredLease(key, holder, o.meta, rev, sent), nil
 			}
 			if err := final(ctx, err); err != nil {
 				return Lease{}, fmt.Errorf("acquire %s: %w", key, err)
@@ -277,7 +310,7 @@ func (ls *Leases) Acquire(ctx context.Context, key, holder string, opts ...Acqui
 				return ls.cas(ctx, key, value, e.rev)
 			})
 			if err == nil {
-				return ls.lease(key, holder, o.meta, rev, sent), nil
+				return ls.acquiredLease(key, holder, o.meta, rev, sent), nil
 			}
 			if err := final(ctx, err); err != nil {
 				return Lease{}, fmt.Errorf("acquire %s: take over own key: %w", key, err)
@@ -372,7 +405,9 @@ func (ls *Leases) Renew(ctx context.Context, l Lease) (Lease, error) {
 			return ls.cas(ctx, l.Key, value, cur.Revision)
 		})
 		if err == nil {
-			return ls.lease(l.Key, l.Holder, l.Meta, rev, sent), nil
+			nl := ls.lease(l.Key, l.Holder, l.Meta, rev, sent)
+			nl.acquired = l.acquired
+			return nl, nil
 		}
 		if err := final(ctx, err); err != nil {
 			return cur, fmt.Errorf("renew %s: %w", l.Key, err)
@@ -389,6 +424,8 @@ func (ls *Leases) Renew(ctx context.Context, l Lease) (Lease, error) {
 		switch {
 		case !e.held() || e.holder != l.Holder:
 			return cur, fmt.Errorf("renew %s: %w: %s", l.Key, ErrLeaseLost, e)
+		case e.rev > cur.Revision && ls.superseded(l):
+			return cur, fmt.Errorf("renew %s: %w: acquired again by this process at a later revision (%s)", l.Key, ErrLeaseLost, e)
 		case e.rev > cur.Revision:
 			// An earlier attempt landed. Adopt its revision, keep the
 			// validity, and renew again at once for a confirmed write.
@@ -445,6 +482,10 @@ func (ls *Leases) Release(ctx context.Context, l Lease) error {
 			return nil // deleted (by an earlier attempt of ours) or expired
 		case e.holder != l.Holder:
 			return fmt.Errorf("release %s: %w: %s", l.Key, ErrLeaseLost, e)
+		case e.rev > rev && ls.superseded(l):
+			// Our holder id, but a newer acquisition of ours: not this
+			// lease to release.
+			return fmt.Errorf("release %s: %w: acquired again by this process at a later revision (%s)", l.Key, ErrLeaseLost, e)
 		case e.rev > rev:
 			rev = e.rev // a renewal of ours landed after all
 			lastErr = nil
@@ -484,6 +525,15 @@ func (ls *Leases) Holder(ctx context.Context, key string) (holder string, rev ui
 
 func (ls *Leases) lease(key, holder string, meta []byte, rev uint64, sent time.Time) Lease {
 	return Lease{Key: key, Holder: holder, Meta: meta, Revision: rev, expires: sent.Add(ls.cfg.validity())}
+}
+
+// acquiredLease is the lease of an acquisition at rev, recorded as the
+// key's newest.
+func (ls *Leases) acquiredLease(key, holder string, meta []byte, rev uint64, sent time.Time) Lease {
+	ls.acquiredAt(key, rev)
+	l := ls.lease(key, holder, meta, rev, sent)
+	l.acquired = rev
+	return l
 }
 
 // attempt runs one request bounded by the attempt timeout and by deadline

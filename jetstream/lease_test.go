@@ -486,3 +486,39 @@ func TestAcquireTakesOverOutlivedLease(t *testing.T) {
 		t.Fatalf("Acquire of a renewed lease = %v, want ErrLeaseHeld", err)
 	}
 }
+
+// A holder id names a process, not one acquisition. A lease released (or
+// renewed) late, after the same process acquired the key again, must not
+// take the newer acquisition's revision for one of its own writes: found
+// by the chaos suite, where a hand-off's release that had waited out a
+// network cut deleted the runner's fresh lease on the same shard.
+func TestLateReleaseSparesNewerAcquisition(t *testing.T) {
+	ls := openLeases(t, natstest.Connect(t, natstest.StartServer(t)), LeaseConfig{Bucket: "k", TTL: 10 * time.Second})
+	ctx := testCtx(t)
+	old, err := ls.Acquire(ctx, "k", "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The old lease lapses (an operator's delete stands in for its expiry),
+	// and the same process acquires the key again.
+	if err := ls.kv.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := ls.Acquire(ctx, "k", "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ls.Renew(ctx, old); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("late Renew of the old lease = %v, want ErrLeaseLost", err)
+	}
+	if err := ls.Release(ctx, old); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("late Release of the old lease = %v, want ErrLeaseLost", err)
+	}
+	h, rev, err := ls.Holder(ctx, "k")
+	if err != nil || h != "A" || rev != fresh.Revision {
+		t.Fatalf("Holder = %q at %d, %v; want the fresh lease (A at %d) untouched", h, rev, err, fresh.Revision)
+	}
+	if _, err := ls.Renew(ctx, fresh); err != nil {
+		t.Fatalf("Renew of the fresh lease = %v", err)
+	}
+}
