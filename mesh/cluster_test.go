@@ -672,3 +672,60 @@ func TestClusterStalledAssignmentWatch(t *testing.T) {
 	c.waitBalanced(map[string]int{"a": 12, "b": 12})
 	c.obs.check(t)
 }
+
+// Fencing does not wait for the runner's lock: a shard set-up can hold it
+// across a NATS call that blocks on a wedged connection, and the lost
+// shard's entities must still stop at once.
+func TestClusterFencingWithRunnerLockHeld(t *testing.T) {
+	cfg := clusterConfig()
+	c := newTestCluster(t, cfg)
+	m, _ := c.manager()
+	natstest.WaitFor(t, 10*time.Second, m.Ready, "manager ready")
+	r := c.runner("a", 1, nil)
+	c.waitBalanced(map[string]int{"a": cfg.ShardsPerGroup})
+	nc, err := nats.Connect(c.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	client, err := mesh.NewClient(nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := mesh.Call(ctx, client, Increment, "fenced-1", Amount{Amount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	addr := actor.Address{Type: "Counter", ID: "fenced-1"}
+	active := func() bool {
+		c.obs.mu.Lock()
+		defer c.obs.mu.Unlock()
+		return c.obs.active[addr] != ""
+	}
+	if !active() {
+		t.Fatal("fenced-1 is not active after a call")
+	}
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	thief, err := jetstream.OpenLeases(ctx, js, jetstream.LeaseConfig{Bucket: cfg.Prefix + "_leases", TTL: cfg.ShardLockExpiration, Margin: cfg.ShardLockMargin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock := mesh.LockRunner(r)
+	defer unlock()
+	key := fmt.Sprintf("shard.default.%d", mesh.ShardOf("fenced-1", cfg.ShardsPerGroup))
+	kv, err := js.KeyValue(ctx, cfg.Prefix+"_leases")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, key); err != nil { // as an operator would
+		t.Fatal(err)
+	}
+	if _, err := thief.Acquire(ctx, key, "thief"); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 10*time.Second, func() bool { return !active() }, "fenced-1 deactivated while the runner's lock is held")
+}

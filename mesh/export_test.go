@@ -36,3 +36,10 @@ func DebugPersisted(r *Runner) string {
 // if the watch had stalled: only re-reading the assignments can move its
 // shards.
 func StallAssignmentWatch(r *Runner) { r.coordp.Load().stallWatch.Store(true) }
+
+// LockRunner holds r's lock until the returned function is called, as a
+// shard set-up blocked on a wedged NATS connection would.
+func LockRunner(r *Runner) (unlock func()) {
+	r.mu.Lock()
+	return r.mu.Unlock
+}

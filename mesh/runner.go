@@ -286,6 +286,9 @@ func (r *Runner) serveShard(s ShardID) error {
 // passivated. Fencing (abort non-nil): queued calls fail with abort at once.
 // It returns when the shard's entities have stopped or ctx ends.
 func (r *Runner) stopShard(ctx context.Context, s ShardID, abort error) error {
+	if abort != nil {
+		return r.fenceShard(ctx, s, abort)
+	}
 	r.mu.Lock()
 	sub, ok := r.shards[s]
 	delete(r.shards, s)
@@ -296,30 +299,6 @@ func (r *Runner) stopShard(ctx context.Context, s ShardID, abort error) error {
 	}
 	if r.cfg.Observer != nil {
 		defer r.cfg.Observer.ShardReleased(s)
-	}
-	if abort != nil {
-		// Fencing: stop processing first, in memory, before anything that
-		// needs the NATS connection, which may be unreachable or wedged.
-		// The fenced shard answers nothing from now on (errFenced): its
-		// subscription may linger on the server (a partition hides our
-		// unsubscription) while the new owner's receives the same calls, so
-		// a NotServing from here could make a caller retry a call the new
-		// owner ran. Its callers get the new owner's answer, or time out.
-		abort = fmt.Errorf("%w (%w)", errFenced, abort)
-		_ = r.rt.FencePartition(r.partition(s), abort)
-		for _, sg := range r.singletonsOf(s) {
-			sg.cancelNow()
-		}
-		if pc != nil {
-			pc.remove(s) // no waiting: the connection may be wedged
-		}
-		err := r.rt.ClosePartition(ctx, r.partition(s), abort)
-		// Unsubscribe, not drain: a drain started while the client is
-		// reconnecting leaves the subscription on the server.
-		if uerr := sub.Unsubscribe(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) && !errors.Is(uerr, nats.ErrBadSubscription) {
-			r.log.Warn("unsubscribe fenced shard", "shard", s.String(), "err", uerr)
-		}
-		return err
 	}
 	for _, sg := range r.singletonsOf(s) {
 		sg.stop(r.cfg.EntityTerminationTimeout)
@@ -673,6 +652,53 @@ func (r *Runner) handle(m *nats.Msg, c callSubject) {
 		}
 		r.refuse(m, codec, nil, err)
 	}
+}
+
+// fenceShard stops serving s at once because its lease is lost. It stops
+// processing first, in memory, before anything that needs the NATS
+// connection or r.mu: the connection may be unreachable or wedged, and
+// serveShard holds r.mu across a subscription that can wait for a wedged
+// connection (nats.go's flusher holds the connection's lock in a blocked
+// write until its timeout), which once delayed fencing by seconds (the
+// long chaos run). The fenced shard answers nothing from now on
+// (errFenced): its subscription may linger on the server (a partition
+// hides our unsubscription) while the new owner's receives the same calls,
+// so a NotServing from here could make a caller retry a call the new owner
+// ran. Its callers get the new owner's answer, or time out.
+func (r *Runner) fenceShard(ctx context.Context, s ShardID, abort error) error {
+	abort = fmt.Errorf("%w (%w)", errFenced, abort)
+	part := r.partition(s)
+	_ = r.rt.FencePartition(part, abort)
+	for _, sg := range r.singletonsOf(s) {
+		sg.cancelNow()
+	}
+	err := r.rt.ClosePartition(ctx, part, abort)
+	r.mu.Lock()
+	sub, ok := r.shards[s]
+	delete(r.shards, s)
+	pc := r.pc
+	r.mu.Unlock()
+	if !ok {
+		return err
+	}
+	if r.cfg.Observer != nil {
+		defer r.cfg.Observer.ShardReleased(s)
+	}
+	// A set-up of the shard that finished while we waited for r.mu may
+	// have reopened the partition or started singletons: stop them again.
+	_ = r.rt.FencePartition(part, abort)
+	for _, sg := range r.singletonsOf(s) {
+		sg.cancelNow()
+	}
+	if pc != nil {
+		pc.remove(s) // no waiting: the connection may be wedged
+	}
+	// Unsubscribe, not drain: a drain started while the client is
+	// reconnecting leaves the subscription on the server.
+	if uerr := sub.Unsubscribe(); uerr != nil && !errors.Is(uerr, nats.ErrConnectionClosed) && !errors.Is(uerr, nats.ErrBadSubscription) {
+		r.log.Warn("unsubscribe fenced shard", "shard", s.String(), "err", uerr)
+	}
+	return err
 }
 
 // errFenced marks calls refused by a fenced shard: they are not answered.
