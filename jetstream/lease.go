@@ -493,6 +493,19 @@ func (ls *Leases) Release(ctx context.Context, l Lease) error {
 	}
 }
 
+// Remove deletes key if it is still at revision rev (a conditional
+// delete): for a lease its holder can no longer release, such as one that
+// outlived its TTL on the server after its holder was gone. Watchers see a
+// release. It fails with the server's error if the key changed since rev.
+func (ls *Leases) Remove(ctx context.Context, key string, rev uint64) error {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	if err := ls.kv.Delete(ctx, key, natsjs.LastRevision(rev)); err != nil {
+		return fmt.Errorf("remove %s at revision %d: %w", key, rev, err)
+	}
+	return nil
+}
+
 // Holder returns who holds key and at which revision, read from the
 // stream leader (a KV Get is a Direct Get that any replica may answer
 // stale). It returns ErrNoLease if the key is absent, released or expired.

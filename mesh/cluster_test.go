@@ -656,6 +656,12 @@ func TestClusterOutlivedRegistration(t *testing.T) {
 			t.Fatalf("call after the ghost was dropped: %v", err)
 		}
 	}
+	// The ghost answers no ping: its registration is removed from the
+	// bucket, not only ignored.
+	natstest.WaitFor(t, 10*time.Second, func() bool {
+		_, _, err := ghostStore.Holder(ctx, "ghost")
+		return errors.Is(err, jetstream.ErrNoLease)
+	}, "the ghost's registration removed")
 }
 
 // A runner whose assignment watch stalls (as one on a lost NATS server

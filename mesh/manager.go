@@ -217,10 +217,17 @@ func (t *term) resync(ctx context.Context) {
 		}
 	}
 	for id, ev := range held {
-		if newest.Sub(ev.Written) > 2*t.st.runners.Config().TTL {
-			t.m.log.Warn("runner registration outlived its TTL; treating it as expired", "runner", id, "written", ev.Written, "newest", newest)
-			delete(held, id)
+		if newest.Sub(ev.Written) <= 2*t.st.runners.Config().TTL {
+			continue
 		}
+		delete(held, id)
+		if _, err := t.m.nc.Request(pingSubject(t.m.cfg.Prefix, id), nil, t.m.cfg.RunnerHealthCheckTimeout); err == nil {
+			continue // alive: it will register again; meanwhile a suspect
+		}
+		// Gone: remove the key too, so that the registry (meshctl status)
+		// no longer shows it; a conditional delete, in case it renews.
+		err := t.st.runners.Remove(ctx, id, ev.Revision)
+		t.m.log.Warn("runner registration outlived its TTL and the runner is gone; removed it", "runner", id, "written", ev.Written, "newest", newest, "err", err)
 	}
 	for id, info := range t.live {
 		if _, ok := held[id]; !ok {
