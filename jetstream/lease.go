@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -497,13 +498,34 @@ func (ls *Leases) Release(ctx context.Context, l Lease) error {
 // delete): for a lease its holder can no longer release, such as one that
 // outlived its TTL on the server after its holder was gone. Watchers see a
 // release. It fails with the server's error if the key changed since rev.
+//
+// A key found at rev by a watch may already be gone from the stream
+// leader, removed by its TTL without the marker that tells watchers (as
+// seen in K5, docs/reliability.md): then the delete is refused with
+// "wrong last sequence: 0", and Remove writes the marker itself, on the
+// condition that the key still has no message at all.
 func (ls *Leases) Remove(ctx context.Context, key string, rev uint64) error {
+	if rev == 0 {
+		return fmt.Errorf("%w: remove %s: revision 0 (a delete at revision 0 is unconditional)", ErrInvalidArgument, key)
+	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	if err := ls.kv.Delete(ctx, key, natsjs.LastRevision(rev)); err != nil {
-		return fmt.Errorf("remove %s at revision %d: %w", key, rev, err)
+	err := ls.kv.Delete(ctx, key, natsjs.LastRevision(rev))
+	if err == nil {
+		return nil
 	}
-	return nil
+	var apiErr *natsjs.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequence && strings.Contains(apiErr.Description, "wrong last sequence: 0") {
+		m := nats.NewMsg(ls.subjPrefix + key)
+		m.Header.Set("KV-Operation", "DEL")
+		m.Header.Set(natsjs.ExpectedLastSubjSeqHeader, "0")
+		_, perr := ls.js.PublishMsg(ctx, m)
+		if perr == nil {
+			return nil
+		}
+		err = fmt.Errorf("%w; marking it deleted: %w", err, perr)
+	}
+	return fmt.Errorf("remove %s at revision %d: %w", key, rev, err)
 }
 
 // Holder returns who holds key and at which revision, read from the

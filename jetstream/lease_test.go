@@ -522,3 +522,54 @@ func TestLateReleaseSparesNewerAcquisition(t *testing.T) {
 		t.Fatalf("Renew of the fresh lease = %v", err)
 	}
 }
+
+// Remove deletes a key at its revision, refuses to delete a newer one, and
+// marks deleted a key that a reader saw but that has no message left (the
+// watch's view of K5: removed by its TTL without a marker).
+func TestRemove(t *testing.T) {
+	ls := openLeases(t, natstest.Connect(t, natstest.StartServer(t)), LeaseConfig{Bucket: "k", TTL: 10 * time.Second})
+	ctx := testCtx(t)
+	l, err := ls.Acquire(ctx, "a", "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ls.Remove(ctx, "a", l.Revision+1); err == nil {
+		t.Fatal("Remove at another revision succeeded")
+	}
+	if err := ls.Remove(ctx, "a", 0); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("Remove at revision 0 = %v, want ErrInvalidArgument", err)
+	}
+	if err := ls.Remove(ctx, "a", l.Revision); err != nil {
+		t.Fatalf("Remove at the key's revision = %v", err)
+	}
+	if _, _, err := ls.Holder(ctx, "a"); !errors.Is(err, ErrNoLease) {
+		t.Fatalf("Holder after Remove = %v, want ErrNoLease", err)
+	}
+	// A key with no message at all (purged here, as the server's expiry
+	// without a marker leaves it): Remove writes the delete marker.
+	l2, err := ls.Acquire(ctx, "b", "B")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := ls.Watch(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	stream, err := ls.js.Stream(ctx, "KV_k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx, natsjs.WithPurgeSubject("$KV.k.b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := ls.Remove(ctx, "b", l2.Revision); err != nil {
+		t.Fatalf("Remove of a key with no message = %v", err)
+	}
+	for ev := range w.Events() {
+		if ev.Kind == EventReleased {
+			return // watchers learn it is gone
+		}
+	}
+	t.Fatal("watch ended without a release event")
+}
