@@ -7,12 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natsmesh/natsmesh/internal/jskit"
 )
 
 // LeaseConfig configures a lease bucket. Zero fields take the value of
@@ -514,8 +515,9 @@ func (ls *Leases) Remove(ctx context.Context, key string, rev uint64) error {
 	if err == nil {
 		return nil
 	}
-	var apiErr *natsjs.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequence && strings.Contains(apiErr.Description, "wrong last sequence: 0") {
+	if jskit.WrongLastSequence(err) {
+		// Refused: either the key changed since rev (then the marker is
+		// refused too) or it has no message left.
 		m := nats.NewMsg(ls.subjPrefix + key)
 		m.Header.Set("KV-Operation", "DEL")
 		m.Header.Set(natsjs.ExpectedLastSubjSeqHeader, "0")
