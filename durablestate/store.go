@@ -115,7 +115,7 @@ func (c *Config) defaults() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	switch {
-	case !validPrefix(c.Prefix):
+	case !jskit.ValidName(c.Prefix, false):
 		return fmt.Errorf("%w: Prefix %q: want [A-Za-z0-9_-]{1,64}", ErrInvalidSpec, c.Prefix)
 	case c.Replicas < 1 || c.Replicas > 5:
 		return fmt.Errorf("%w: Replicas %d: want 1 to 5", ErrInvalidSpec, c.Replicas)
@@ -123,19 +123,6 @@ func (c *Config) defaults() error {
 		return fmt.Errorf("%w: negative timeout", ErrInvalidSpec)
 	}
 	return nil
-}
-
-func validPrefix(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // Store holds the connection and settings shared by the durable-state

@@ -7,6 +7,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/guard"
+	"github.com/natsmesh/natsmesh/internal/jskit"
 )
 
 // Spec describes an event-sourced entity type: its state S, the events
@@ -233,7 +234,7 @@ func define[S any](store *Store, entity *actor.Entity, spec Spec[S]) (*definitio
 		}
 		d.byType[et.typ] = et
 		for _, n := range append([]string{et.name}, et.aliases...) {
-			if !validName(n, true) || len(n) > 128 {
+			if !jskit.ValidName(n, true) {
 				return nil, bad("event name %q: want [A-Za-z0-9_.-]{1,128}", n)
 			}
 			if _, dup := d.byName[n]; dup {
@@ -269,17 +270,4 @@ func entityName(e *actor.Entity) string {
 		return "<nil>"
 	}
 	return e.Name()
-}
-
-func validName(s string, dots bool) bool {
-	if len(s) == 0 || len(s) > 128 || !dots && len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || dots && c == '.') {
-			return false
-		}
-	}
-	return true
 }

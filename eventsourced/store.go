@@ -107,7 +107,7 @@ func (c *Config) defaults() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	switch {
-	case !validName(c.Prefix, false):
+	case !jskit.ValidName(c.Prefix, false):
 		return fmt.Errorf("%w: Prefix %q: want [A-Za-z0-9_-]{1,64}", ErrInvalidSpec, c.Prefix)
 	case c.Replicas < 1 || c.Replicas > 5:
 		return fmt.Errorf("%w: Replicas %d: want 1 to 5", ErrInvalidSpec, c.Replicas)

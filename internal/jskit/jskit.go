@@ -308,3 +308,19 @@ func readBatch(ctx context.Context, nc *nats.Conn, sub *nats.Subscription, strea
 		*next = seq + 1
 	}
 }
+
+// ValidName reports whether s is a name that is one subject token:
+// [A-Za-z0-9_-]{1,64}; with dots, up to 128 bytes that may also hold '.'
+// (several tokens).
+func ValidName(s string, dots bool) bool {
+	if len(s) == 0 || len(s) > 128 || !dots && len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || dots && c == '.') {
+			return false
+		}
+	}
+	return true
+}
