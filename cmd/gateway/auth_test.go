@@ -8,10 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/authtest"
+	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/internal/natstest"
-	"github.com/natsmesh/natsmesh/mesh"
 )
 
 // The gateway reaches a server that requires mutual TLS and a credentials
@@ -19,19 +18,7 @@ import (
 // clients.
 func TestSecureServer(t *testing.T) {
 	sec := authtest.StartSecure(t)
-	cfg := mesh.DefaultConfig()
-	cfg.ShardsPerGroup, cfg.Standalone = 8, true
-	r, err := mesh.NewRunner(sec.Connect(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Register(counter.Behavior(nil)); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Shutdown(context.Background()) })
+	meshtest.ServeCounter(t, sec.Connect(t), 8)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

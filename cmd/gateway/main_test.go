@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natsmesh/natsmesh/examples/counter"
+	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/internal/natstest"
-	"github.com/natsmesh/natsmesh/mesh"
 )
 
 func TestBadConfig(t *testing.T) {
@@ -43,19 +42,7 @@ func TestBadConfig(t *testing.T) {
 // The binary serves calls, health and readiness, and stops cleanly.
 func TestServes(t *testing.T) {
 	srv := natstest.StartServer(t)
-	cfg := mesh.DefaultConfig()
-	cfg.ShardsPerGroup, cfg.Standalone = 8, true
-	r, err := mesh.NewRunner(natstest.Connect(t, srv), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Register(counter.Behavior(nil)); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Shutdown(context.Background()) })
+	meshtest.ServeCounter(t, natstest.Connect(t, srv), 8)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -5,34 +5,16 @@ import (
 	"context"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/authtest"
-	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/internal/meshtest"
 )
 
 // meshctl reaches a server that requires mutual TLS and a credentials
 // file: it reads the cluster's state and calls an entity.
 func TestSecureServer(t *testing.T) {
 	sec := authtest.StartSecure(t)
-	cfg := mesh.DefaultConfig()
-	cfg.ShardsPerGroup, cfg.Standalone = 8, true
-	r, err := mesh.NewRunner(sec.Connect(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Register(counter.Behavior(nil)); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = r.Shutdown(ctx)
-	})
+	meshtest.ServeCounter(t, sec.Connect(t), 8)
 	for _, args := range [][]string{
 		{"status"},
 		{"call", "Counter", "user-1", "Increment", `{"amount":4}`},

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
@@ -153,4 +154,29 @@ func Connect(t testing.TB, url string) *nats.Conn {
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// ServeCounter starts a standalone runner on nc serving every one of
+// shards shards with the example Counter, and shuts it down at cleanup:
+// the entity the binaries' tests call.
+func ServeCounter(t testing.TB, nc *nats.Conn, shards int) *mesh.Runner {
+	t.Helper()
+	cfg := mesh.DefaultConfig()
+	cfg.ShardsPerGroup, cfg.Standalone = shards, true
+	r, err := mesh.NewRunner(nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Register(counter.Behavior(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = r.Shutdown(ctx)
+	})
+	return r
 }
