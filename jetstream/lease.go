@@ -12,8 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
-
-	"github.com/natsmesh/natsmesh/internal/jskit"
 )
 
 // LeaseConfig configures a lease bucket. Zero fields take the value of
@@ -515,7 +513,7 @@ func (ls *Leases) Remove(ctx context.Context, key string, rev uint64) error {
 	if err == nil {
 		return nil
 	}
-	if jskit.WrongLastSequence(err) {
+	if conflict(err) {
 		// Refused: either the key changed since rev (then the marker is
 		// refused too) or it has no message left.
 		m := nats.NewMsg(ls.subjPrefix + key)
