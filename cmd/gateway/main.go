@@ -124,7 +124,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	tel.Serve(srv, log)
 	cfg.Observer = tel.Observer()
 	conn.Name = "natsmesh-gateway"
-	nc, err := conn.Connect()
+	nc, err := conn.Connect(ctx, log)
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}

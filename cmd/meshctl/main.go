@@ -49,7 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		output  string
 		timeout time.Duration
 	)
-	conn.Register(s)
+	conn.RegisterTool(s)
 	settings := cli.RegisterMesh(s, cli.Cluster)
 	s.String(&output, "table", cli.Spec{Name: "o", Env: "NATSMESH_OUTPUT", Usage: "output: table or json"})
 	s.Duration(&timeout, 10*time.Second, cli.Spec{Name: "timeout", Usage: "time limit of the command"})
@@ -71,7 +71,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	conn.Name = "natsmesh-meshctl"
-	nc, err := conn.Connect()
+	nc, err := conn.Connect(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}

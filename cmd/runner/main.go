@@ -103,7 +103,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		nc, err = nats.Connect(url, nats.InProcessServer(ns), nats.Name("natsmesh-runner"))
 	} else {
 		conn.Name = "natsmesh-runner"
-		nc, err = conn.Connect()
+		nc, err = conn.Connect(ctx, log)
 		url = conn.URL
 	}
 	if err != nil {

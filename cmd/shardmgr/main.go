@@ -60,7 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_ = srv.Shutdown(sctx)
 	}()
 	conn.Name = "natsmesh-shardmgr"
-	nc, err := conn.Connect()
+	nc, err := conn.Connect(ctx, log)
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -62,7 +63,7 @@ func TestConnAuthentication(t *testing.T) {
 			s := natstest.StartServer(t, tt.server...)
 			c := tt.conn
 			c.URL, c.Name = s.ClientURL(), t.Name()
-			nc, err := c.Connect()
+			nc, err := c.Connect(context.Background(), nil)
 			if tt.wantErr != "" {
 				if err == nil {
 					nc.Close()
@@ -109,7 +110,7 @@ func TestConnInboxPrefix(t *testing.T) {
 		ok     bool
 	}{{"_INBOX.alice", true}, {"", false}} {
 		c := Conn{URL: s.ClientURL(), User: "alice", Password: "pw", InboxPrefix: tt.prefix}
-		nc, err := c.Connect()
+		nc, err := c.Connect(context.Background(), nil)
 		if err != nil {
 			t.Fatalf("Connect(inbox prefix %q) = %v", tt.prefix, err)
 		}
@@ -142,7 +143,7 @@ func TestConnPingInterval(t *testing.T) {
 		{0, nats.DefaultPingInterval, nats.GetDefaultOptions().FlusherTimeout},
 	} {
 		c := Conn{URL: s.ClientURL(), PingInterval: tt.set}
-		nc, err := c.Connect()
+		nc, err := c.Connect(context.Background(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

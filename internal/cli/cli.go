@@ -5,6 +5,10 @@
 package cli
 
 import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +21,10 @@ import (
 
 // DefaultPingInterval is the default of Conn.PingInterval.
 const DefaultPingInterval = 5 * time.Second
+
+// DefaultConnectWait is the default of Conn.ConnectWait for the servers
+// (runner, shard manager, gateway); meshctl defaults to 0.
+const DefaultConnectWait = time.Minute
 
 // Conn is how a binary connects to NATS; Register makes each field a
 // setting.
@@ -41,12 +49,27 @@ type Conn struct {
 	// whose network was cut, then restored, on a dead connection for
 	// minutes, serving nothing although it is healthy.
 	PingInterval time.Duration
-	Name         string // connection name shown by the server
+	// ConnectWait (-connect-wait, NATS_CONNECT_WAIT) is how long Connect
+	// keeps trying to reach a server it cannot reach (connection refused,
+	// timeout, reset) before giving up; 0 tries once. A refusal that
+	// retrying cannot cure (bad credentials, a certificate not trusted)
+	// fails at once whatever the setting. Processes started with or before
+	// their NATS servers (docker compose, a Kubernetes rollout) or during a
+	// network cut thus wait instead of exiting.
+	ConnectWait time.Duration
+	Name        string // connection name shown by the server
 }
 
-// Register adds the connection settings to s. Their environment variables
-// are those of the nats CLI, so one environment serves both.
-func (c *Conn) Register(s *Settings) {
+// Register adds the connection settings to s, for a server process
+// (connect-wait defaults to DefaultConnectWait). Their environment
+// variables are those of the nats CLI, so one environment serves both.
+func (c *Conn) Register(s *Settings) { c.register(s, DefaultConnectWait) }
+
+// RegisterTool is Register for a command-line tool, which should fail at
+// once when NATS is unreachable: connect-wait defaults to 0.
+func (c *Conn) RegisterTool(s *Settings) { c.register(s, 0) }
+
+func (c *Conn) register(s *Settings, wait time.Duration) {
 	s.String(&c.URL, nats.DefaultURL, Spec{Name: "nats", Env: "NATS_URL", Usage: "NATS server URLs, comma-separated"})
 	s.String(&c.Creds, "", Spec{Name: "creds", Env: "NATS_CREDS", Usage: "NATS credentials file (JWT and NKey seed)"})
 	s.String(&c.NKey, "", Spec{Name: "nkey", Env: "NATS_NKEY", Usage: "NKey seed file"})
@@ -58,6 +81,7 @@ func (c *Conn) Register(s *Settings) {
 	s.String(&c.TLSKey, "", Spec{Name: "tls-key", Env: "NATS_KEY", Usage: "client key file for TLS"})
 	s.String(&c.InboxPrefix, "", Spec{Name: "inbox-prefix", Env: "NATS_INBOX_PREFIX", Usage: "subject prefix of reply inboxes instead of _INBOX (see docs/security.md)"})
 	s.Duration(&c.PingInterval, DefaultPingInterval, Spec{Name: "ping-interval", Env: "NATS_PING_INTERVAL", Usage: "how often the NATS connection is checked; one silent for two intervals, or with a write blocked for one, is re-established"})
+	s.Duration(&c.ConnectWait, wait, Spec{Name: "connect-wait", Env: "NATS_CONNECT_WAIT", Usage: "how long to keep trying to reach NATS at start before exiting; 0 tries once"})
 	s.Check(c.Validate)
 }
 
@@ -80,6 +104,8 @@ func (c *Conn) Validate() error {
 		return Bad("tls-cert", "tls-cert and tls-key go together")
 	case c.PingInterval < 0 || (c.PingInterval > 0 && c.PingInterval < 100*time.Millisecond):
 		return Bad("ping-interval", "want at least 100ms (0: nats.go's default of 2m), got %v", c.PingInterval)
+	case c.ConnectWait < 0:
+		return Bad("connect-wait", "want 0 or more, got %v", c.ConnectWait)
 	case c.InboxPrefix != "" && !validInboxPrefix(c.InboxPrefix):
 		return Bad("inbox-prefix", "want subject tokens without wildcards or white space, not ending in a dot, got %q", c.InboxPrefix)
 	}
@@ -140,8 +166,12 @@ func validInboxPrefix(p string) bool {
 	return true
 }
 
-// Connect validates the settings and connects.
-func (c *Conn) Connect() (*nats.Conn, error) {
+// Connect validates the settings and connects, with extra options after
+// those of the settings. While no server can be reached it retries, with a
+// backoff up to 2 s and a warning logged to log every 10 s, until
+// ConnectWait has passed or ctx ends; it then returns the last error. An
+// error retrying cannot cure is returned at once (see ConnectWait).
+func (c *Conn) Connect(ctx context.Context, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -149,7 +179,59 @@ func (c *Conn) Connect() (*nats.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nats.Connect(c.URL, opts...)
+	opts = append(opts, extra...)
+	start := time.Now()
+	deadline := start.Add(c.ConnectWait)
+	backoff, lastLog := 100*time.Millisecond, time.Time{}
+	for attempt := 1; ; attempt++ {
+		nc, err := nats.Connect(c.URL, opts...)
+		if err == nil {
+			if attempt > 1 && log != nil {
+				log.Info("connected to NATS", "attempts", attempt, "after", time.Since(start).Round(time.Millisecond))
+			}
+			return nc, nil
+		}
+		if PermanentConnectError(err) || !time.Now().Add(backoff).Before(deadline) {
+			if attempt > 1 {
+				return nil, fmt.Errorf("%w (gave up after %d attempts in %v; -connect-wait)", err, attempt, time.Since(start).Round(time.Millisecond))
+			}
+			return nil, err
+		}
+		if log != nil && time.Since(lastLog) >= 10*time.Second {
+			lastLog = time.Now()
+			log.Warn("NATS unreachable; retrying", "url", c.URL, "err", err, "until", deadline.Format(time.RFC3339))
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (stopped waiting: %w)", err, context.Cause(ctx))
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// PermanentConnectError reports whether err, returned by nats.Connect, is
+// a refusal that trying again cannot cure: the server refused the
+// credentials, or TLS failed (certificate untrusted, missing or refused;
+// TLS required on one side only).
+func PermanentConnectError(err error) bool {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		invalid   x509.CertificateInvalidError
+		host      x509.HostnameError
+	)
+	if errors.As(err, &unknownCA) || errors.As(err, &invalid) || errors.As(err, &host) {
+		return true
+	}
+	msg := strings.ToLower(err.Error())
+	for _, s := range []string{"authorization violation", "authentication", "tls", "x509", "certificate", "secure connection"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // Logging is the log level and format of a binary.

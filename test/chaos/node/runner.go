@@ -50,17 +50,9 @@ func runRunner(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer rec.Close()
 	conn.Name = cfg.RunnerID
-	if err := conn.Validate(); err != nil {
-		return err
-	}
-	opts, err := conn.Options()
-	if err != nil {
-		return err
-	}
 	// The suite reaches the servers through proxies it controls: never
 	// connect around them to an address a server gossips.
-	opts = append(opts, nats.IgnoreDiscoveredServers(), nats.ReconnectWait(100*time.Millisecond))
-	nc, err := nats.Connect(conn.URL, opts...)
+	nc, err := conn.Connect(ctx, cfg.Logger, nats.IgnoreDiscoveredServers(), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
