@@ -337,6 +337,9 @@ func (pc *persistConsumer) rebuild() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pc.r.cfg.CallTimeout)
 	defer cancel()
+	// Acks queued for the old consumer reach the server before its
+	// deletion: a message handled here is not redelivered elsewhere.
+	pc.r.replies.sync(ctx)
 	if err := pc.p.stream.DeleteConsumer(ctx, pc.name); err != nil && !errors.Is(err, natsjs.ErrConsumerNotFound) {
 		return fmt.Errorf("delete consumer %s: %w", pc.name, err)
 	}
@@ -853,13 +856,11 @@ func (pc *persistConsumer) publishStored(pm *pmsg, stored []byte) {
 		pc.r.log.Warn("corrupt stored reply", "msg", pm.msgID, "entity", pm.addr.String(), "shard", pm.shard.String(), "err", err)
 		return
 	}
-	m := &nats.Msg{Subject: pm.replyTo, Data: body, Header: nats.Header{HeaderMsgID: []string{pm.msgID}}}
+	h := nats.Header{HeaderMsgID: []string{pm.msgID}}
 	if code != "" {
-		m.Header[HeaderError] = []string{code}
+		h[HeaderError] = []string{code}
 	}
-	if err := pc.r.nc.PublishMsg(m); err != nil {
-		pc.r.log.Warn("publish persisted reply", "msg", pm.msgID, "entity", pm.addr.String(), "shard", pm.shard.String(), "err", err)
-	}
+	pc.r.replies.publish(pm.replyTo, body, h)
 }
 
 // retryLater runs the message again after a backoff; its entity's later
@@ -916,6 +917,9 @@ func (pc *persistConsumer) deadLetter(pm *pmsg, reason error) {
 	pc.finish(pm, true)
 }
 
+// ackPayload is the body of a JetStream acknowledgement (ADR-15).
+var ackPayload = []byte("+ACK")
+
 // finish acknowledges (or leaves) a message and starts its entity's next.
 func (pc *persistConsumer) finish(pm *pmsg, ack bool) {
 	if ack {
@@ -923,9 +927,9 @@ func (pc *persistConsumer) finish(pm *pmsg, ack bool) {
 		pc.mu.Lock()
 		m := pm.m
 		pc.mu.Unlock()
-		if err := m.Ack(); err != nil {
-			pc.r.log.Warn("ack persisted message", "msg", pm.msgID, "entity", pm.addr.String(), "shard", pm.shard.String(), "err", err)
-		}
+		// An ack is a plain publish to the delivery's reply subject (what
+		// Msg.Ack does); batched with the replies (see replyBatcher).
+		pc.r.replies.publish(m.Reply(), ackPayload, nil)
 	}
 	pc.mu.Lock()
 	defer pc.mu.Unlock()

@@ -35,6 +35,7 @@ type Runner struct {
 	// the messages to entity mailboxes (which never blocks). That keeps each
 	// shard's order and costs one goroutine instead of one per shard.
 	inbox        chan *nats.Msg
+	replies      *replyBatcher
 	barriers     sync.Map // *nats.Msg marker -> chan struct{}
 	stopDispatch chan struct{}
 	dispatchDone chan struct{}
@@ -123,6 +124,7 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 	if err != nil {
 		return nil, err
 	}
+	r.replies = newReplyBatcher(nc, func(err error) { r.log.Warn("reply", "err", err) })
 	return r, nil
 }
 
@@ -438,6 +440,7 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 		}
 	}
 	err := r.rt.Shutdown(ctx)
+	r.replies.close(ctx)
 	if ferr := r.flush(ctx); err == nil && ferr != nil && !errors.Is(ferr, nats.ErrConnectionClosed) {
 		err = ferr
 	}
@@ -761,9 +764,7 @@ func (p *replier) Reply(payload []byte, err error) {
 		if len(payload) > int(p.r.nc.MaxPayload()) {
 			err = fmt.Errorf("%w: reply of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), p.r.nc.MaxPayload())
 		} else {
-			if perr := p.r.nc.Publish(p.reply, payload); perr != nil {
-				p.r.log.Warn("reply", "err", perr)
-			}
+			p.r.replies.publish(p.reply, payload, nil)
 			return
 		}
 	}
