@@ -193,7 +193,7 @@ func main() {
 			c.name, enc, dec, us(l.p50), us(l.p99))
 	}
 	if *only == "" || *only == "persist" {
-		persisted(ctx, connect, client)
+		persisted(ctx, connect, client, len(rs), cfg.ShardsPerGroup)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
@@ -203,7 +203,7 @@ func main() {
 }
 
 // persisted compares persisted calls with raw JetStream in the same run.
-func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Client) {
+func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Client, runners, shards int) {
 	nc := connect()
 	js, err := natsjs.New(nc)
 	check(err)
@@ -237,27 +237,14 @@ func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Clie
 
 	// Pipelined: 256 senders; count until every message is handled.
 	const n = 50000
-	var consumed atomic.Int64
-	cc, err := cons.Consume(func(m natsjs.Msg) { _ = m.Ack(); consumed.Add(1) })
-	check(err)
-	start := time.Now()
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	for range 256 {
-		wg.Go(func() {
-			for next.Add(1) <= n {
-				if _, err := js.Publish(ctx, "raw.pipe", payload, natsjs.WithMsgID(nuid.Next())); err != nil {
-					log.Fatal(err)
-				}
-			}
-		})
+	rawRate := rawPipelined(ctx, js, payload, n, 1, 0)
+	var shardedRate float64
+	if runners > 1 {
+		// The runners' consumers each filter on their shards' subjects, and
+		// the server checks those filters on every publish and every ack
+		// (work-queue retention): the same in raw JetStream, for comparison.
+		shardedRate = rawPipelined(ctx, js, payload, n, runners, shards)
 	}
-	wg.Wait()
-	for consumed.Load() < n {
-		time.Sleep(time.Millisecond) // poll interval while the consumer catches up
-	}
-	rawRate := float64(n) / time.Since(start).Seconds()
-	cc.Stop()
 
 	if *cpuProf != "" {
 		f, err := os.Create(*cpuProf + ".persist")
@@ -266,8 +253,9 @@ func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Clie
 		defer pprof.StopCPUProfile()
 	}
 	base := deposits.Load()
-	start = time.Now()
-	next.Store(0)
+	start := time.Now()
+	var wg sync.WaitGroup
+	var next atomic.Int64
 	for range 256 {
 		wg.Go(func() {
 			for i := next.Add(1); i <= n; i = next.Add(1) {
@@ -282,7 +270,61 @@ func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Clie
 	meshRate := float64(n) / time.Since(start).Seconds()
 	fmt.Println("Persisted sends, 256 senders over 1,000 entities, until all handled")
 	fmt.Printf("  %-34s %10.0f msgs/s\n", "raw JetStream publish + consume", rawRate)
+	if shardedRate > 0 {
+		fmt.Printf("  %-34s %10.0f msgs/s\n", fmt.Sprintf("raw, %d consumers x %d filters", runners, shards/runners), shardedRate)
+	}
 	fmt.Printf("  %-34s %10.0f msgs/s  (%.2fx raw, target >= 0.5x)\n", "mesh.Send (persisted)", meshRate, meshRate/rawRate)
+	if shardedRate > 0 {
+		fmt.Printf("  ratio mesh/raw with the runners' filters: %.2fx\n", meshRate/shardedRate)
+	}
+}
+
+// rawPipelined publishes n messages from 256 goroutines to a work-queue
+// stream and returns messages/s until every one is consumed and acked.
+// With consumers > 1, messages go to subjects raw.pipe.<k> for k in
+// [0, shards) and consumer i filters on the subjects of every shard k with
+// k % consumers == i, one filter each, as the runners' consumers do.
+func rawPipelined(ctx context.Context, js natsjs.JetStream, payload []byte, n, consumers, shards int) float64 {
+	name := fmt.Sprintf("RAWPIPE%d", consumers)
+	st, err := js.CreateStream(ctx, natsjs.StreamConfig{Name: name, Subjects: []string{name + ".>"}, Retention: natsjs.WorkQueuePolicy, Storage: natsjs.FileStorage})
+	check(err)
+	defer func() { check(js.DeleteStream(ctx, name)) }()
+	var consumed atomic.Int64
+	for i := range consumers {
+		cfg := natsjs.ConsumerConfig{Durable: fmt.Sprintf("c%d", i), AckPolicy: natsjs.AckExplicitPolicy}
+		for k := i; consumers > 1 && k < shards; k += consumers {
+			cfg.FilterSubjects = append(cfg.FilterSubjects, fmt.Sprintf("%s.%d.>", name, k))
+		}
+		cons, err := st.CreateConsumer(ctx, cfg)
+		check(err)
+		cc, err := cons.Consume(func(m natsjs.Msg) { _ = m.Ack(); consumed.Add(1) })
+		check(err)
+		defer cc.Stop()
+	}
+	subjects := []string{name + ".0.x"}
+	if consumers > 1 {
+		subjects = make([]string, shards)
+		for k := range subjects {
+			subjects[k] = fmt.Sprintf("%s.%d.x", name, k)
+		}
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for range 256 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+				if _, err := js.Publish(ctx, subjects[int(i)%len(subjects)], payload, natsjs.WithMsgID(nuid.Next())); err != nil {
+					log.Fatal(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for consumed.Load() < int64(n) {
+		time.Sleep(time.Millisecond) // poll interval while the consumers catch up
+	}
+	return float64(n) / time.Since(start).Seconds()
 }
 
 type lat struct {
