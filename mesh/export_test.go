@@ -1,6 +1,9 @@
 package mesh
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // LoseDeliveries makes every runner's persisted consumers drop the
 // deliveries f returns true for, until the returned function is called.
@@ -42,4 +45,12 @@ func StallAssignmentWatch(r *Runner) { r.coordp.Load().stallWatch.Store(true) }
 func LockRunner(r *Runner) (unlock func()) {
 	r.mu.Lock()
 	return r.mu.Unlock
+}
+
+// SetWallClock makes r read the wall clock as now() + offset where it
+// compares it with times from elsewhere, as on a host whose clock is wrong
+// or has jumped; the monotonic clock, as on such a host, is not moved.
+// Call before Start.
+func SetWallClock(r *Runner, offset time.Duration) {
+	r.wallNow = func() time.Time { return time.Now().Round(0).Add(offset) }
 }

@@ -110,9 +110,9 @@ type pmsg struct {
 	replyTo    string
 	attempts   int
 	deadReason error
-	deliverAt  time.Time
-	noReply    bool   // HeaderNoReply: neither look up nor store a reply
-	stored     []byte // the handler's answer, once its store failed: only the store is retried
+	due        time.Time // local (monotonic) time to hold it until; zero: none
+	noReply    bool      // HeaderNoReply: neither look up nor store a reply
+	stored     []byte    // the handler's answer, once its store failed: only the store is retried
 	running    bool
 }
 
@@ -595,7 +595,7 @@ func (pc *persistConsumer) onMsg(g *consumerGen, m natsjs.Msg) {
 		_ = m.Ack()
 		return
 	}
-	pm := pc.parse(m, seq, int(meta.NumDelivered)-1)
+	pm := pc.parse(m, seq, int(meta.NumDelivered)-1, meta.Timestamp)
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	if pc.closed || pc.gen != g || pc.held[seq] != nil {
@@ -613,14 +613,14 @@ func (pc *persistConsumer) onMsg(g *consumerGen, m natsjs.Msg) {
 }
 
 // parse reads a delivery's headers; a message that can never be handled
-// gets a deadReason.
-func (pc *persistConsumer) parse(m natsjs.Msg, seq uint64, attempts int) *pmsg {
+// gets a deadReason. stored is the server's time of storing it.
+func (pc *persistConsumer) parse(m natsjs.Msg, seq uint64, attempts int, stored time.Time) *pmsg {
 	r := pc.r
 	pm := &pmsg{m: m, seq: seq, attempts: attempts}
 	h := m.Headers()
 	if v := h.Get(HeaderDeliverAt); v != "" {
 		if at, err := time.Parse(time.RFC3339Nano, v); err == nil {
-			pm.deliverAt = at
+			pm.due = holdUntil(at, stored, r.wallNow())
 		}
 	}
 	shard, entityType, rpc, ok := r.subj.parsePersist(m.Subject())
@@ -662,6 +662,25 @@ func (pc *persistConsumer) parse(m natsjs.Msg, seq uint64, attempts int) *pmsg {
 	return pm
 }
 
+// holdUntil returns the local time until which a message to deliver at
+// `at`, stored by the server at `stored`, is held (zero: none). A schedule
+// fires at the whole second at or after its time by the server's clock, so
+// the server's storing time says how early, if at all, the message came;
+// the runner's own wall clock (now) can only shorten the wait, so a runner
+// whose clock is behind, or jumps back, does not hold the message for the
+// difference. The result is on the monotonic clock: a jump of the wall
+// clock while the message waits does not move it either.
+func holdUntil(at, stored, now time.Time) time.Time {
+	wait := at.Sub(now)
+	if !stored.IsZero() {
+		wait = min(wait, at.Sub(stored))
+	}
+	if wait <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(wait)
+}
+
 // startLocked runs pm, the head of its entity's queue.
 func (pc *persistConsumer) startLocked(pm *pmsg) {
 	pm.running = true
@@ -687,7 +706,7 @@ func (pc *persistConsumer) process(pm *pmsg) {
 	}
 	// Schedules fire on whole seconds and may be early: hold the message
 	// (and its entity's later ones) until its time.
-	if wait := time.Until(pm.deliverAt); wait > 0 {
+	if wait := time.Until(pm.due); !pm.due.IsZero() && wait > 0 {
 		pc.processAfter(pm, wait)
 		return
 	}

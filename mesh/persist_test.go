@@ -791,3 +791,47 @@ func TestPersistedConsumerDeleted(t *testing.T) {
 	}
 	natstest.WaitFor(t, 30*time.Second, func() bool { return len(l.values("acct")) == 6 }, "a message sent after the filters changed handled")
 }
+
+// A runner whose wall clock is wrong by an hour, either way (a host
+// without NTP, or a clock that jumped), delivers a DeliverAt message when
+// the server's schedule fires it: not an hour late, and not before its
+// time. Only the server's clock decides.
+func TestPersistedDeliverAtWrongRunnerClock(t *testing.T) {
+	for _, offset := range []time.Duration{-time.Hour, time.Hour} {
+		t.Run(offset.String(), func(t *testing.T) {
+			s := natstest.StartServer(t)
+			l := newLedgerLog()
+			cfg := persistConfig()
+			nc := natstest.Connect(t, s)
+			r, err := mesh.NewRunner(nc, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mesh.SetWallClock(r, offset)
+			if err := r.Register(ledgerBehavior(l)); err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if err := r.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				_ = r.Shutdown(sctx)
+			})
+			c, _ := newClient(t, s.ClientURL(), cfg)
+			at := time.Now().Add(1500 * time.Millisecond)
+			if err := mesh.Send(ctx, c, Post, "later", 7, mesh.MessageID("later-7"), mesh.DeliverAt(at)); err != nil {
+				t.Fatal(err)
+			}
+			natstest.WaitFor(t, 20*time.Second, func() bool { return len(l.values("later")) == 1 }, "the delayed message, handled")
+			l.mu.Lock()
+			handled := l.when["later"]
+			l.mu.Unlock()
+			if handled.Before(at) {
+				t.Fatalf("handled %v before its time", at.Sub(handled))
+			}
+		})
+	}
+}

@@ -34,8 +34,11 @@ type Runner struct {
 	// Every shard subscription feeds inbox; one dispatcher goroutine hands
 	// the messages to entity mailboxes (which never blocks). That keeps each
 	// shard's order and costs one goroutine instead of one per shard.
-	inbox        chan *nats.Msg
-	replies      *replyBatcher
+	inbox   chan *nats.Msg
+	replies *replyBatcher
+	// wallNow reads the wall clock where it is compared with times from
+	// elsewhere (DeliverAt); tests move it to play a wrong or jumping clock.
+	wallNow      func() time.Time
 	barriers     sync.Map // *nats.Msg marker -> chan struct{}
 	stopDispatch chan struct{}
 	dispatchDone chan struct{}
@@ -70,6 +73,7 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 		shards: map[ShardID]*nats.Subscription{},
 
 		singletons: map[string]*singleton{},
+		wallNow:    time.Now,
 
 		inbox:        make(chan *nats.Msg, inboxSize),
 		stopDispatch: make(chan struct{}),

@@ -4,18 +4,14 @@
 // answered with a clear, typed error or recovered from: never a crash, a
 // hang, or a message lost without a trace.
 //
-// A clock jump is not tested here, for want of a way to move a clock under
-// a running process, and needs none for leases: their TTLs are kept by the
-// NATS server (per-message TTLs, expired by the stream leader), and a
-// holder's own validity (jetstream.Lease.Valid) is measured on Go's
-// monotonic clock from when its renewal was sent, so a wall-clock jump on a
-// runner moves neither. Wall time matters in one place: DeliverAt. The
-// client turns it into an RFC 3339 schedule that the server fires by its
-// own clock, and the runner holds the message until DeliverAt by its own
-// wall clock; a runner whose clock is behind the server's delays the
-// message by the difference, one that is ahead delivers it up to the
-// difference early (never before the server fired the schedule). Keep
-// clocks synchronized (NTP) where DeliverAt's precision matters.
+// Clock jumps: no lease depends on a runner's wall clock. Leases' TTLs are
+// kept by the NATS server (per-message TTLs, expired by the stream
+// leader), and a holder's own validity (jetstream.Lease.Valid) is measured
+// on Go's monotonic clock from when its renewal was sent, so a wall-clock
+// jump on a runner moves neither. Wall time meets the runner in one place,
+// DeliverAt, and there the runner's clock can only shorten the hold that
+// the server's clock sets: mesh's TestPersistedDeliverAtWrongRunnerClock
+// runs a runner whose wall clock is an hour off in either direction.
 package badinput_test
 
 import (
