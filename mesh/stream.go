@@ -58,7 +58,7 @@ func (r *Runner) newStreamReplier(ctx context.Context, cancel context.CancelFunc
 		return nil, fmt.Errorf("%w: %s %q", ErrBadRequest, HeaderStreamWindow, m.Header.Get(HeaderStreamWindow))
 	}
 	s := &streamReplier{
-		r: r, reply: m.Reply, control: r.nc.NewInbox(), codec: codec, info: info,
+		r: r, reply: m.Reply, control: r.subj.streamControl(), codec: codec, info: info,
 		cancel: cancel, window: window, credit: make(chan struct{}, 1),
 	}
 	s.sub, err = r.nc.Subscribe(s.control, s.onControl)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 )
 
 // Wire protocol v1: subjects and headers. docs/protocol.md is the normative
@@ -70,6 +71,15 @@ func (s subjects) shardCalls(shard ShardID) string {
 // forwards it to the shard.
 func (s subjects) route(entityType, rpc string) string {
 	return s.prefix + "." + ProtocolVersion + ".entity." + entityType + "." + rpc
+}
+
+// streamControl returns a new stream's control subject: where its caller
+// acknowledges chunks and cancels. Its own subject space (not the runner's
+// inbox), so that permissions can let callers publish there and nowhere
+// near the runner's other replies (docs/security.md); unguessable, as an
+// inbox is.
+func (s subjects) streamControl() string {
+	return s.prefix + "." + ProtocolVersion + ".ctl." + nuid.Next()
 }
 
 func (s subjects) routeAll() string { return s.prefix + "." + ProtocolVersion + ".entity.*.*" }

@@ -451,6 +451,8 @@ func TestClientLimits(t *testing.T) {
 			"$KV.mesh_leases.shard.default.0", "$KV.mesh_leases.manager", "$KV.mesh_runners.r1", "$KV.mesh_assignments.default",
 			"$JS.API.DIRECT.GET.KV_mesh_leases.$KV.mesh_leases.shard.default.0", "$JS.API.STREAM.MSG.GET.KV_mesh_leases",
 			"$JS.API.CONSUMER.CREATE.KV_mesh_assignments.spy",
+			// the runners' inbox, where their JetStream API replies arrive
+			"_INBOX.mesh-runner.forged",
 		} {
 			if err := mallory.Publish(subj, []byte("mallory")); err != nil {
 				t.Fatal(err)
