@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/internal/faultproxy"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/jetstream"
 	"github.com/natsmesh/natsmesh/mesh"
@@ -869,4 +871,70 @@ func TestClusterLeaseLostDuringActivation(t *testing.T) {
 		t.Fatalf("handler ran %d times after the lease was lost", n)
 	}
 	c.obs.check(t)
+}
+
+// A runner cut off from NATS right after a persisted message's handler
+// returned fences the message's shard, and the entity's activation ends
+// then, not when storing the handler's reply gives up (CallTimeout later):
+// the entity is no longer active while the shard's next owner may activate
+// it. Before K7 (docs/reliability.md) the reply was stored on the entity's
+// own goroutine, which fencing waited for.
+func TestClusterFencingWithReplyStoreBlocked(t *testing.T) {
+	cfg := clusterConfig()            // 2 s leases, valid locally for 1.5 s after a renewal is sent
+	cfg.CallTimeout = 8 * time.Second // how long storing a reply may wait for NATS
+	c := newTestCluster(t, cfg)
+	m, _ := c.manager()
+	natstest.WaitFor(t, 10*time.Second, m.Ready, "manager ready")
+	proxy := faultproxy.New(t, strings.TrimPrefix(c.url, "nats://"))
+	nc, err := nats.Connect(proxy.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcfg := cfg
+	rcfg.RunnerID = "a"
+	r, err := mesh.NewRunner(nc, rcfg, actor.WithObserver(runnerObserver{c.obs, "a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLedgerLog()
+	if err := r.Register(ledgerBehavior(l)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.runners["a"] = r
+	c.mu.Unlock()
+	t.Cleanup(func() { proxy.Restore(); c.stop("a"); nc.Close() })
+	c.waitBalanced(map[string]int{"a": cfg.ShardsPerGroup})
+
+	client, _ := newClient(t, c.url, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := mesh.Send(ctx, client, Gate, "held-1", 1, mesh.MessageID("held-1-1")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.entered:
+	case <-ctx.Done():
+		t.Fatal("the persisted message never reached its handler")
+	}
+	addr := actor.Address{Type: Ledger.Name(), ID: "held-1"}
+	active := func() bool {
+		c.obs.mu.Lock()
+		defer c.obs.mu.Unlock()
+		return c.obs.active[addr] != ""
+	}
+	if !active() {
+		t.Fatal("held-1 is not active while its handler runs")
+	}
+	proxy.Cut()
+	cut := time.Now()
+	close(l.gate) // the handler returns: its reply is to be stored over the cut connection
+	// The shard is fenced within 1.5 s of the cut; storing the reply gives
+	// up 8 s after it began.
+	natstest.WaitFor(t, 5*time.Second, func() bool { return !active() }, "held-1 deactivated once its shard is fenced")
+	t.Logf("held-1 deactivated %v after the cut", time.Since(cut).Round(time.Millisecond))
+	proxy.Restore()
 }
