@@ -190,6 +190,23 @@ func (in *Instance) activate() ([]Handler, error) {
 		in.mu.Unlock()
 		return nil, err
 	}
+	// The gate again, now that the handler is about to run: drain consulted
+	// it before this activation began, and init (which may wait for
+	// storage), the previous activation's finalizers and the retry backoff
+	// all came between. A gate that closed meanwhile (a process paused
+	// while init waited for a reply) means this activation must not begin:
+	// it is abandoned before anyone hears of it, its finalizers run, and
+	// the next message activates the entity afresh, if its gate allows.
+	if g := rt.opts.gate; g != nil {
+		if err := g(int(in.pidx)); err != nil {
+			in.mu.Lock()
+			fins := in.finalizers
+			in.finalizers = nil
+			in.mu.Unlock()
+			in.runFinalizers(fins)
+			return nil, err
+		}
+	}
 	in.mu.Lock()
 	in.handlers = handlers
 	in.state = stActive

@@ -150,7 +150,10 @@ func WithPartitions(n int, fn func(Address) int) RuntimeOption {
 // the entity's partition, the message is not run and fails with that
 // error. Unlike ClosePartition, which stops a partition as soon as someone
 // calls it, a gate is consulted at the last moment, on the goroutine about
-// to run the handler. The mesh uses it to check, per message, that the
+// to run the handler: for a message that activates its entity, once more
+// after init returns (init may wait for storage), and if the gate refuses
+// then, the activation is abandoned (its finalizers run, no Observer hears
+// of it) and the message fails. The mesh uses it to check, per message, that the
 // shard's lease is still locally valid, so that a runner resumed after a
 // long pause runs nothing it queued before, even before its fencing runs.
 // gate must be fast and safe for concurrent use.

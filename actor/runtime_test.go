@@ -915,3 +915,76 @@ func TestGate(t *testing.T) {
 		}
 	}
 }
+
+// The gate is consulted again once init returns: a message whose gate
+// closed while its entity's init waited (for storage, say, across a pause
+// of the process) does not run, and the activation is abandoned before any
+// observer hears of it. Before this check (K6, docs/reliability.md) a
+// runner resumed after a pause ran the handler of a message whose init had
+// started before the pause, on a shard whose lease had moved.
+func TestGateAfterInit(t *testing.T) {
+	obs := &observer{active: map[actor.Address]bool{}}
+	ent := actor.NewEntity("GatedInit")
+	work := actor.NewRPC[string, string](ent, "Work")
+	initEntered := make(chan struct{}, 1)
+	initRelease := make(chan struct{})
+	var ran, finals atomic.Int32
+	var inits atomic.Int32
+	var shut atomic.Bool
+	lapsed := errors.New("lease lapsed")
+	rt, err := actor.New(actor.WithObserver(obs),
+		actor.WithGate(func(int) error {
+			if shut.Load() {
+				return lapsed
+			}
+			return nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Shutdown(context.Background()) })
+	if err := rt.Register(actor.Implement(ent, func(self *actor.Instance) ([]actor.Handler, error) {
+		if inits.Add(1) == 1 {
+			initEntered <- struct{}{}
+			<-initRelease
+		}
+		self.OnStop(func(context.Context) { finals.Add(1) })
+		return []actor.Handler{actor.Handle(work, func(_ context.Context, s string) (string, error) {
+			ran.Add(1)
+			return s, nil
+		})}, nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := actor.Call(context.Background(), rt, work, "a", "stale"); done <- err }()
+	<-initEntered // the gate was open when the message was taken
+	shut.Store(true)
+	close(initRelease)
+	if err := <-done; !errors.Is(err, lapsed) {
+		t.Fatalf("message whose gate closed during init: %v, want the gate's error", err)
+	}
+	if n := ran.Load(); n != 0 {
+		t.Fatalf("handler ran %d times after its gate closed", n)
+	}
+	if n := finals.Load(); n != 1 {
+		t.Fatalf("finalizers of the abandoned activation ran %d times, want 1", n)
+	}
+	obs.mu.Lock()
+	if len(obs.events) != 0 {
+		t.Fatalf("observer heard %v of an abandoned activation", obs.events)
+	}
+	obs.mu.Unlock()
+	shut.Store(false)
+	if got := mustCall(t, rt, work, "a", "fresh"); got != "fresh" {
+		t.Fatalf("gate open again: %q", got)
+	}
+	if n := inits.Load(); n != 2 {
+		t.Fatalf("init ran %d times, want 2 (the abandoned activation, then a fresh one)", n)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if want := "[+a]"; fmt.Sprint(obs.events) != want || obs.overlap != nil {
+		t.Fatalf("observer heard %v (%v), want %s", obs.events, obs.overlap, want)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/internal/faultproxy"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/jetstream"
 	"github.com/natsmesh/natsmesh/mesh"
@@ -264,12 +266,19 @@ func (c *testCluster) manager() (*mesh.ShardManager, context.CancelFunc) {
 // runner starts a runner with the given id and weight.
 func (c *testCluster) runner(id string, weight int, singletons map[string]func(context.Context) error) *mesh.Runner {
 	c.t.Helper()
+	return c.runnerWith(id, weight, singletons, nil)
+}
+
+// runnerWith is runner with an observer (nil: none) and more behaviours
+// than the Counter.
+func (c *testCluster) runnerWith(id string, weight int, singletons map[string]func(context.Context) error, obs mesh.Observer, extra ...*actor.Behavior) *mesh.Runner {
+	c.t.Helper()
 	nc, err := nats.Connect(c.url)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	cfg := c.cfg
-	cfg.RunnerID, cfg.RunnerWeight = id, weight
+	cfg.RunnerID, cfg.RunnerWeight, cfg.Observer = id, weight, obs
 	if os.Getenv("MESH_TEST_LOG") != "" { // debug logs of every runner on stderr
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -277,8 +286,10 @@ func (c *testCluster) runner(id string, weight int, singletons map[string]func(c
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if err := r.Register(counterBehavior(newHooks())); err != nil {
-		c.t.Fatal(err)
+	for _, b := range append([]*actor.Behavior{counterBehavior(newHooks())}, extra...) {
+		if err := r.Register(b); err != nil {
+			c.t.Fatal(err)
+		}
 	}
 	for name, fn := range singletons {
 		if err := r.RegisterSingleton(name, fn); err != nil {
@@ -734,4 +745,196 @@ func TestClusterFencingWithRunnerLockHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	natstest.WaitFor(t, 10*time.Second, func() bool { return !active() }, "fenced-1 deactivated while the runner's lock is held")
+}
+
+var (
+	SlowInit = actor.NewEntity("SlowInit")
+	Touch    = actor.NewRPC[int, int](SlowInit, "Touch")
+)
+
+// fenceObserver reports lease losses and the outcome of SlowInit calls.
+type fenceObserver struct {
+	mesh.NopObserver
+	lost    chan mesh.ShardID
+	outcome chan error
+}
+
+func (o *fenceObserver) LeaseRenewFailed(s mesh.ShardID, _ error) {
+	select {
+	case o.lost <- s:
+	default:
+	}
+}
+
+func (o *fenceObserver) CallReceived(ctx context.Context, addr actor.Address, _ string, _ mesh.ShardID, _ nats.Header) (context.Context, mesh.CallObservation) {
+	if addr.Type != SlowInit.Name() {
+		return ctx, nil
+	}
+	return ctx, callOutcome(o.outcome)
+}
+
+type callOutcome chan error
+
+func (callOutcome) Started() {}
+
+// Done keeps the first outcome: a retry of the call may reach the runner
+// again once it holds the shard anew.
+func (c callOutcome) Done(err error) {
+	select {
+	case c <- err:
+	default:
+	}
+}
+
+// A call taken while the shard's lease was valid, whose entity's init
+// then waited (for storage, across a pause of the process) until the lease
+// was lost, must not run: the lease is checked again once init returns.
+// Before that check (K6, docs/reliability.md) a runner resumed from a pause
+// ran handlers of entities whose init had begun before the pause, on shards
+// other runners held by then.
+func TestClusterLeaseLostDuringActivation(t *testing.T) {
+	cfg := clusterConfig()
+	c := newTestCluster(t, cfg)
+	m, _ := c.manager()
+	natstest.WaitFor(t, 10*time.Second, m.Ready, "manager ready")
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var ran atomic.Int32
+	slow := actor.Implement(SlowInit, func(self *actor.Instance) ([]actor.Handler, error) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-release // a state load whose reply comes late
+		return []actor.Handler{actor.Handle(Touch, func(_ context.Context, v int) (int, error) {
+			ran.Add(1)
+			return v, nil
+		})}, nil
+	})
+	obs := &fenceObserver{lost: make(chan mesh.ShardID, 64), outcome: make(chan error, 1)}
+	c.runnerWith("a", 1, nil, obs, slow)
+	c.waitBalanced(map[string]int{"a": cfg.ShardsPerGroup})
+	client, nc := newClient(t, c.url, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	called := make(chan struct{})
+	go func() {
+		defer close(called)
+		_, _ = mesh.Call(ctx, client, Touch, "slow-1", 1) // refused silently: ends with ctx
+	}()
+	defer func() { cancel(); <-called }()
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("the call did not reach init")
+	}
+
+	// Another holder takes the shard's lease while init waits.
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	thief, err := jetstream.OpenLeases(ctx, js, jetstream.LeaseConfig{Bucket: cfg.Prefix + "_leases", TTL: cfg.ShardLockExpiration, Margin: cfg.ShardLockMargin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shard := mesh.ShardID{Group: "default", N: mesh.ShardOf("slow-1", cfg.ShardsPerGroup)}
+	key := fmt.Sprintf("shard.default.%d", shard.N)
+	kv, err := js.KeyValue(ctx, cfg.Prefix+"_leases")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, key); err != nil { // as an operator would
+		t.Fatal(err)
+	}
+	if _, err := thief.Acquire(ctx, key, "thief"); err != nil {
+		t.Fatal(err)
+	}
+	for lost := false; !lost; {
+		select {
+		case s := <-obs.lost:
+			lost = s == shard
+		case <-ctx.Done():
+			t.Fatal("the runner never found the lease lost")
+		}
+	}
+	close(release)
+	select {
+	case err := <-obs.outcome:
+		if !errors.Is(err, actor.ErrNotServing) {
+			t.Fatalf("call taken before the lease was lost ended with %v, want NotServing (refused)", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the call's outcome never came")
+	}
+	if n := ran.Load(); n != 0 {
+		t.Fatalf("handler ran %d times after the lease was lost", n)
+	}
+	c.obs.check(t)
+}
+
+// A runner cut off from NATS right after a persisted message's handler
+// returned fences the message's shard, and the entity's activation ends
+// then, not when storing the handler's reply gives up (CallTimeout later):
+// the entity is no longer active while the shard's next owner may activate
+// it. Before K7 (docs/reliability.md) the reply was stored on the entity's
+// own goroutine, which fencing waited for.
+func TestClusterFencingWithReplyStoreBlocked(t *testing.T) {
+	cfg := clusterConfig()            // 2 s leases, valid locally for 1.5 s after a renewal is sent
+	cfg.CallTimeout = 8 * time.Second // how long storing a reply may wait for NATS
+	c := newTestCluster(t, cfg)
+	m, _ := c.manager()
+	natstest.WaitFor(t, 10*time.Second, m.Ready, "manager ready")
+	proxy := faultproxy.New(t, strings.TrimPrefix(c.url, "nats://"))
+	nc, err := nats.Connect(proxy.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcfg := cfg
+	rcfg.RunnerID = "a"
+	r, err := mesh.NewRunner(nc, rcfg, actor.WithObserver(runnerObserver{c.obs, "a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLedgerLog()
+	if err := r.Register(ledgerBehavior(l)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.runners["a"] = r
+	c.mu.Unlock()
+	t.Cleanup(func() { proxy.Restore(); c.stop("a"); nc.Close() })
+	c.waitBalanced(map[string]int{"a": cfg.ShardsPerGroup})
+
+	client, _ := newClient(t, c.url, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := mesh.Send(ctx, client, Gate, "held-1", 1, mesh.MessageID("held-1-1")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.entered:
+	case <-ctx.Done():
+		t.Fatal("the persisted message never reached its handler")
+	}
+	addr := actor.Address{Type: Ledger.Name(), ID: "held-1"}
+	active := func() bool {
+		c.obs.mu.Lock()
+		defer c.obs.mu.Unlock()
+		return c.obs.active[addr] != ""
+	}
+	if !active() {
+		t.Fatal("held-1 is not active while its handler runs")
+	}
+	proxy.Cut()
+	cut := time.Now()
+	close(l.gate) // the handler returns: its reply is to be stored over the cut connection
+	// The shard is fenced within 1.5 s of the cut; storing the reply gives
+	// up 8 s after it began.
+	natstest.WaitFor(t, 5*time.Second, func() bool { return !active() }, "held-1 deactivated once its shard is fenced")
+	t.Logf("held-1 deactivated %v after the cut", time.Since(cut).Round(time.Millisecond))
+	proxy.Restore()
 }

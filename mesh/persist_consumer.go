@@ -787,11 +787,39 @@ func (p *persistReplier) Chunk(context.Context, []byte) error {
 	return fmt.Errorf("%w: persisted rpcs cannot stream", ErrBadRequest)
 }
 
+// Reply is called on the entity's goroutine (or by whoever refused the
+// message). What follows the handler (storing its reply, publishing it,
+// acknowledging the message, or scheduling a retry) needs NATS, which a
+// runner cut off cannot reach for up to CallTimeout: it runs on a goroutine
+// of its own, so that the entity is free at once. Otherwise a fenced
+// shard's entities stayed active until their reply stores gave up, long
+// after the next owner had activated them (K7, docs/reliability.md). The
+// entity's next persisted message still waits for this one's finish, and a
+// hand-off for its shard's running count.
 func (p *persistReplier) Reply(payload []byte, err error) {
-	pc, pm := p.pc, p.pm
+	pc := p.pc
 	if p.obs != nil {
-		p.obs.Done(declared(pc.r.rpcInfo(pm.addr.Type, pm.rpc), err))
+		p.obs.Done(declared(pc.r.rpcInfo(p.pm.addr.Type, p.pm.rpc), err))
 	}
+	pc.mu.Lock()
+	async := !pc.closed // close waits for wg: no Add once it may be waiting
+	if async {
+		pc.wg.Add(1)
+	}
+	pc.mu.Unlock()
+	if !async {
+		p.settle(payload, err)
+		return
+	}
+	go func() {
+		defer pc.wg.Done()
+		p.settle(payload, err)
+	}()
+}
+
+// settle deals with the outcome of the message's handler.
+func (p *persistReplier) settle(payload []byte, err error) {
+	pc, pm := p.pc, p.pm
 	code := ""
 	if err != nil {
 		code = codeOf(err)

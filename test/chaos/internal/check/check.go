@@ -143,6 +143,17 @@ const StaleRegistry = "K4"
 // names a runner incarnation whose process has exited.
 const ExpiryLost = "K5"
 
+// HeldOpen: the activation of an entity on a runner cut off from NATS
+// (cut or blackholed) stays open after the runner fences its shard, until
+// storing the reply of the last persisted message its handler answered
+// gives up (CallTimeout, 10 s): the reply was stored on the entity's own
+// goroutine, and fencing waits for it. No handler runs meanwhile, but the
+// activation overlaps the next owner's. Signature: a single-activation
+// overlap whose earlier activation ended partition-closed on a runner that
+// was cut off before the later one began, and ran no handler of the
+// account from then on.
+const HeldOpen = "K7"
+
 // setupWindow bounds how long after acquiring a shard a runner may still
 // be setting it up (CallTimeout, 10 s, plus slack) for its runs to match
 // SetupNotFenced.
@@ -302,6 +313,9 @@ func (r *Report) overlaps(inv string, all map[string][]interval) {
 		for i, iv := range ivs {
 			if i > 0 && iv.start.Before(last.effective) && iv.inc != last.inc {
 				known := cmp.Or(r.zombieIn(addr, last.inc, last.start, last.end), r.zombieIn(addr, iv.inc, iv.start, iv.end))
+				if known == "" && inv == SingleActivation && heldOpen(addr, last, iv) {
+					known = HeldOpen
+				}
 				r.violateKnown(known, inv, addr, "%v overlaps %v by %v", last, iv, last.effective.Sub(iv.start))
 			}
 			if i == 0 || iv.effective.After(last.effective) {
@@ -309,6 +323,20 @@ func (r *Report) overlaps(inv string, all map[string][]interval) {
 			}
 		}
 	}
+}
+
+// heldOpen reports whether the overlap of activations last and iv of
+// addr matches HeldOpen.
+func heldOpen(addr string, last, iv interval) bool {
+	if last.how != "partition-closed" { // actor.StopPartitionClosed, as the runners record it
+		return false
+	}
+	cutOff := slices.ContainsFunc(last.inc.Partitions, func(f Span) bool {
+		return f.From.Before(iv.start) && f.From.Before(last.end)
+	})
+	return cutOff && !slices.ContainsFunc(last.inc.Records, func(rec model.Record) bool {
+		return rec.Kind == model.Handled && rec.Addr == addr && !rec.End.Before(iv.start) && !rec.Start.After(last.end)
+	})
 }
 
 func merge(dst, src map[string][]interval) {

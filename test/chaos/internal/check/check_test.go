@@ -345,3 +345,31 @@ func TestKnownBugs(t *testing.T) {
 		}
 	})
 }
+
+// HeldOpen: an activation of a runner cut off from NATS that stays open,
+// running nothing, past the next owner's activation.
+func TestHeldOpen(t *testing.T) {
+	closed := func(s float64, addr string) model.Record {
+		return model.Record{Kind: model.Deactivated, Start: at(s), Addr: addr, Op: "partition-closed"}
+	}
+	for _, tt := range []struct {
+		name string
+		r1   *Incarnation
+		want string
+	}{
+		{"held open by the cut runner", cut(inc("r1", 20, false, act(1, "a"), handled(1, 1.9, "a", model.OK), closed(12, "a")), 2, 10), HeldOpen},
+		{"a handler still running", cut(inc("r1", 20, false, act(1, "a"), handled(1, 6, "a", model.Failed), closed(12, "a")), 2, 10), ""},
+		{"not cut off", inc("r1", 20, false, act(1, "a"), handled(1, 1.9, "a", model.OK), closed(12, "a")), ""},
+		{"cut off after the next activation began", cut(inc("r1", 20, false, act(1, "a"), handled(1, 1.9, "a", model.OK), closed(12, "a")), 6, 10), ""},
+		{"ended otherwise", cut(inc("r1", 20, false, act(1, "a"), handled(1, 1.9, "a", model.OK), deact(12, "a")), 2, 10), ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r2 := inc("r2", 20, false, act(5, "a"), handled(5, 5.1, "a", model.OK), deact(15, "a"))
+			var r Report
+			r.Activations([]*Incarnation{tt.r1, r2})
+			if len(r.Violations) != 1 || r.Violations[0].Known != tt.want {
+				t.Fatalf("violations = %v, want one, known %q", r.Violations, tt.want)
+			}
+		})
+	}
+}
