@@ -54,3 +54,6 @@ func LockRunner(r *Runner) (unlock func()) {
 func SetWallClock(r *Runner, offset time.Duration) {
 	r.wallNow = func() time.Time { return time.Now().Round(0).Add(offset) }
 }
+
+// ReplyKey is the key of a persisted message's stored reply.
+func ReplyKey(msgID string) string { return replyKey(msgID) }

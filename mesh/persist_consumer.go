@@ -867,7 +867,8 @@ func (p *persistReplier) settle(payload []byte, err error) {
 // run again), and counts as an attempt: at PersistMaxAttempts the message
 // is dead-lettered.
 func (pc *persistConsumer) storeAndFinish(pm *pmsg, stored []byte) {
-	if !pc.store(pm, stored) {
+	final, ok := pc.store(pm, stored)
+	if !ok {
 		pm.stored = stored
 		pm.attempts++
 		if pm.attempts >= pc.r.cfg.PersistMaxAttempts {
@@ -878,19 +879,33 @@ func (pc *persistConsumer) storeAndFinish(pm *pmsg, stored []byte) {
 		return
 	}
 	pm.stored = nil
-	pc.publishStored(pm, stored)
+	pc.publishStored(pm, final)
 	pc.finish(pm, true)
 }
 
-// store saves a reply; it reports whether it is stored.
-func (pc *persistConsumer) store(pm *pmsg, stored []byte) bool {
+// store saves a reply, first writer wins: if a reply is stored for the
+// message already (a fenced runner's handler finished late, after the next
+// owner had run the message again and stored its reply, or the other way
+// round), that one stays and is returned, so that every Call and Reply for
+// the id gets the same answer. It returns the reply stored and whether
+// storing (or reading the one there) succeeded.
+func (pc *persistConsumer) store(pm *pmsg, stored []byte) ([]byte, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), pc.r.cfg.CallTimeout)
 	defer cancel()
-	if _, err := pc.p.replies.Put(ctx, replyKey(pm.msgID), stored); err != nil {
-		pc.r.log.Warn("store persisted reply", "msg", pm.msgID, "entity", pm.addr.String(), "shard", pm.shard.String(), "err", err)
-		return false
+	key := replyKey(pm.msgID)
+	_, err := pc.p.replies.Create(ctx, key, stored)
+	if errors.Is(err, natsjs.ErrKeyExists) {
+		var e natsjs.KeyValueEntry
+		if e, err = pc.p.replies.Get(ctx, key); err == nil {
+			pc.r.log.Warn("persisted message answered twice: the reply stored first stands", "msg", pm.msgID, "entity", pm.addr.String(), "shard", pm.shard.String())
+			return e.Value(), true
+		}
 	}
-	return true
+	if err != nil {
+		pc.r.log.Warn("store persisted reply", "msg", pm.msgID, "entity", pm.addr.String(), "shard", pm.shard.String(), "err", err)
+		return nil, false
+	}
+	return stored, true
 }
 
 // publishStored sends a stored reply to the message's reply subject.
@@ -958,7 +973,9 @@ func (pc *persistConsumer) deadLetter(pm *pmsg, reason error) {
 	if !pm.noReply && pm.msgID != "" && len(pm.msgID) <= MaxMessageIDLen { // a reply needs a key
 		em := errorMsg("", pm.codec, nil, reason, r.cfg.ExposeDefectStacks)
 		stored := encodeStored(pm.codec, em.Header.Get(HeaderError), em.Data)
-		pc.store(pm, stored)
+		if final, ok := pc.store(pm, stored); ok {
+			stored = final
+		}
 		pc.publishStored(pm, stored)
 	}
 	pc.finish(pm, true)

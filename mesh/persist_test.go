@@ -835,3 +835,57 @@ func TestPersistedDeliverAtWrongRunnerClock(t *testing.T) {
 		})
 	}
 }
+
+var (
+	Racer  = actor.NewEntity("Racer")
+	Answer = actor.NewRPC[string, string](Racer, "Answer", actor.Persisted())
+)
+
+// A reply stored for a message stands: a second answer to the same message
+// (a fenced runner's handler that finished after the next owner had run
+// the message again and stored its reply) does not replace it, and every
+// Call and Reply for the id gets the first. Here the handler itself plays
+// the other runner: it stores a reply for its message before it returns
+// its own.
+func TestPersistedReplyFirstWriterWins(t *testing.T) {
+	s := natstest.StartServer(t)
+	cfg := persistConfig()
+	c, nc := newClient(t, s.ClientURL(), cfg)
+	ctx := context.Background()
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	racer := actor.Implement(Racer, func(*actor.Instance) ([]actor.Handler, error) {
+		return []actor.Handler{actor.Handle(Answer, func(ctx context.Context, v string) (string, error) {
+			if v != "race" {
+				return v, nil
+			}
+			// The other runner's reply: the stored form of "first", taken
+			// from the message answered so.
+			kv, err := js.KeyValue(ctx, cfg.Prefix+"_replies")
+			if err != nil {
+				return "", err
+			}
+			e, err := kv.Get(ctx, mesh.ReplyKey("seed-1"))
+			if err != nil {
+				return "", err
+			}
+			msgID, _ := mesh.MessageIDFromContext(ctx)
+			if _, err := kv.Put(ctx, mesh.ReplyKey(msgID), e.Value()); err != nil {
+				return "", err
+			}
+			return "late", nil
+		})}, nil
+	})
+	startRunner(t, s.ClientURL(), cfg, racer)
+	if got, err := mesh.Call(ctx, c, Answer, "r", "first", mesh.MessageID("seed-1")); err != nil || got != "first" {
+		t.Fatalf("seed call = %q, %v", got, err)
+	}
+	if got, err := mesh.Call(ctx, c, Answer, "r", "race", mesh.MessageID("race-1")); err != nil || got != "first" {
+		t.Fatalf("Call answered by two = %q, %v; want the reply stored first, %q", got, err, "first")
+	}
+	if got, err := mesh.Reply(ctx, c, Answer, "race-1"); err != nil || got != "first" {
+		t.Fatalf("Reply = %q, %v; want %q", got, err, "first")
+	}
+}
