@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -380,6 +381,7 @@ func (pc *persistConsumer) rebuild() error {
 			cc.Stop()
 		}
 	}
+	pc.r.log.Debug("persisted: consumer rebuilt", "consumer", pc.name, "version", version, "filters", strings.Join(filters, " "))
 	pc.mu.Lock()
 	if pc.version == version {
 		pc.built = version
@@ -592,6 +594,7 @@ func (pc *persistConsumer) onMsg(g *consumerGen, m natsjs.Msg) {
 	if pc.done.has(seq) {
 		// Handled here already; the ack was lost, or had not reached the
 		// server before the consumer was rebuilt. Ack again.
+		pc.trace("persisted: delivery of a message handled here: acked again", &pmsg{seq: seq, msgID: m.Subject()})
 		_ = m.Ack()
 		return
 	}
@@ -602,8 +605,10 @@ func (pc *persistConsumer) onMsg(g *consumerGen, m natsjs.Msg) {
 		return
 	}
 	if pm.deadReason == nil && !pc.want[pm.shard] {
+		pc.trace("persisted: delivery for a shard not served: left unacknowledged", pm)
 		return // a shard being removed: left for its next owner
 	}
+	pc.trace("persisted: delivery", pm)
 	pc.held[seq] = pm
 	q := pc.queues[pm.addr]
 	pc.queues[pm.addr] = append(q, pm)
@@ -722,6 +727,7 @@ func (pc *persistConsumer) process(pm *pmsg) {
 		e, err := pc.p.replies.Get(ctx, replyKey(pm.msgID))
 		cancel()
 		if err == nil {
+			pc.trace("persisted: answered from its stored reply, not run", pm)
 			pc.publishStored(pm, e.Value())
 			pc.finish(pm, true)
 			return
@@ -981,11 +987,25 @@ func (pc *persistConsumer) deadLetter(pm *pmsg, reason error) {
 	pc.finish(pm, true)
 }
 
+// trace logs a persisted message's step at debug level (the chaos suite
+// reads them to follow a message), at no cost when that level is off.
+func (pc *persistConsumer) trace(event string, pm *pmsg) {
+	if !pc.r.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	pc.r.log.Debug(event, "seq", pm.seq, "msg", pm.msgID, "entity", pm.addr.String(), "shard", pm.shard.String(), "attempts", pm.attempts)
+}
+
 // ackPayload is the body of a JetStream acknowledgement (ADR-15).
 var ackPayload = []byte("+ACK")
 
 // finish acknowledges (or leaves) a message and starts its entity's next.
 func (pc *persistConsumer) finish(pm *pmsg, ack bool) {
+	if ack {
+		pc.trace("persisted: finished, acknowledged", pm)
+	} else {
+		pc.trace("persisted: finished, left unacknowledged", pm)
+	}
 	if ack {
 		pc.done.add(pm.seq)
 		pc.mu.Lock()

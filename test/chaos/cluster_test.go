@@ -199,7 +199,7 @@ func (c *cluster) urls() string {
 // common are the flags every runner and manager shares.
 func (c *cluster) common() []string {
 	o := c.opt
-	return []string{"-prefix", c.cfg.Prefix, "-shards", strconv.Itoa(o.shards), "-replicas", "3", "-log-level", "warn",
+	return []string{"-prefix", c.cfg.Prefix, "-shards", strconv.Itoa(o.shards), "-replicas", "3", "-log-level", "debug",
 		"-shard-lock-expiration", o.lease.String(), "-shard-lock-refresh-interval", o.refresh.String(),
 		"-shard-lock-margin", o.margin.String(), "-refresh-assignments-interval", o.refresh.String(),
 		"-runner-health-check-timeout", "500ms"}
