@@ -1069,6 +1069,14 @@ func (pc *persistConsumer) processAfter(pm *pmsg, d time.Duration) {
 		}
 		pc.mu.Lock()
 		if pc.closed || pc.held[pm.seq] != pm || !(pm.deadReason != nil || pc.want[pm.shard]) {
+			if !pc.closed && pc.held[pm.seq] == pm {
+				// Its shard was removed while it waited (remove kept it, as it
+				// was running then): leave it, unacknowledged, to the shard's
+				// next owner, as remove does with what is not running. Kept,
+				// it would block its entity's queue here for good should the
+				// shard come back.
+				pc.dropQueueLocked(pm)
+			}
 			pc.mu.Unlock()
 			pc.wg.Done()
 			return
@@ -1078,6 +1086,19 @@ func (pc *persistConsumer) processAfter(pm *pmsg, d time.Duration) {
 		pc.mu.Unlock()
 		pc.process(pm)
 	}()
+}
+
+// dropQueueLocked forgets pm, the head of its entity's queue and not
+// running, and the messages queued behind it (same entity, so same shard):
+// none is acknowledged. pc.mu is held.
+func (pc *persistConsumer) dropQueueLocked(pm *pmsg) {
+	pc.trace("persisted: shard removed while it waited: left unacknowledged", pm)
+	for _, q := range pc.queues[pm.addr] {
+		if pc.held[q.seq] == q {
+			delete(pc.held, q.seq)
+		}
+	}
+	delete(pc.queues, pm.addr)
 }
 
 // msgOf returns pm's newest delivery (onMsg replaces it).
