@@ -166,21 +166,8 @@ func (pc *persistConsumer) remove(s ShardID) (wait func(ctx context.Context)) {
 	pc.version++
 	v := pc.version
 	for addr, q := range pc.queues {
-		if len(q) == 0 || q[0].shard != s {
-			continue
-		}
-		keep := q[:0]
-		for _, pm := range q {
-			if pm.running {
-				keep = append(keep, pm)
-			} else {
-				delete(pc.held, pm.seq)
-			}
-		}
-		if len(keep) == 0 {
-			delete(pc.queues, addr)
-		} else {
-			pc.queues[addr] = keep
+		if len(q) > 0 && q[0].shard == s {
+			pc.forgetIdleLocked(addr)
 		}
 	}
 	pc.mu.Unlock()
@@ -594,7 +581,7 @@ func (pc *persistConsumer) onMsg(g *consumerGen, m natsjs.Msg) {
 	if pc.done.has(seq) {
 		// Handled here already; the ack was lost, or had not reached the
 		// server before the consumer was rebuilt. Ack again.
-		pc.trace("persisted: delivery of a message handled here: acked again", &pmsg{seq: seq, msgID: m.Subject()})
+		pc.trace("persisted: delivery of a message handled here: acked again", &pmsg{seq: seq})
 		_ = m.Ack()
 		return
 	}
@@ -1075,7 +1062,8 @@ func (pc *persistConsumer) processAfter(pm *pmsg, d time.Duration) {
 				// next owner, as remove does with what is not running. Kept,
 				// it would block its entity's queue here for good should the
 				// shard come back.
-				pc.dropQueueLocked(pm)
+				pc.trace("persisted: shard removed while it waited: left unacknowledged", pm)
+				pc.forgetIdleLocked(pm.addr)
 			}
 			pc.mu.Unlock()
 			pc.wg.Done()
@@ -1088,17 +1076,24 @@ func (pc *persistConsumer) processAfter(pm *pmsg, d time.Duration) {
 	}()
 }
 
-// dropQueueLocked forgets pm, the head of its entity's queue and not
-// running, and the messages queued behind it (same entity, so same shard):
-// none is acknowledged. pc.mu is held.
-func (pc *persistConsumer) dropQueueLocked(pm *pmsg) {
-	pc.trace("persisted: shard removed while it waited: left unacknowledged", pm)
-	for _, q := range pc.queues[pm.addr] {
-		if pc.held[q.seq] == q {
-			delete(pc.held, q.seq)
+// forgetIdleLocked forgets the messages queued for addr that are not
+// running, leaving them unacknowledged for their shard's next owner; a
+// running one stays until it finishes. pc.mu is held.
+func (pc *persistConsumer) forgetIdleLocked(addr actor.Address) {
+	q := pc.queues[addr]
+	keep := q[:0]
+	for _, pm := range q {
+		if pm.running {
+			keep = append(keep, pm)
+		} else {
+			delete(pc.held, pm.seq)
 		}
 	}
-	delete(pc.queues, pm.addr)
+	if len(keep) == 0 {
+		delete(pc.queues, addr)
+	} else {
+		pc.queues[addr] = keep
+	}
 }
 
 // msgOf returns pm's newest delivery (onMsg replaces it).
