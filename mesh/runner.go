@@ -287,6 +287,16 @@ func (r *Runner) serveShard(s ShardID) error {
 	return nil
 }
 
+// unlistShard removes s from the shards served and returns its
+// subscription and the persisted consumer; ok is false if s was not served.
+func (r *Runner) unlistShard(s ShardID) (sub *nats.Subscription, pc *persistConsumer, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sub, ok = r.shards[s]
+	delete(r.shards, s)
+	return sub, r.pc, ok
+}
+
 // stopShard stops serving shard s. Graceful (abort nil): no new calls are
 // taken, calls already received are handled, then the shard's entities are
 // passivated. Fencing (abort non-nil): queued calls fail with abort at once.
@@ -295,11 +305,7 @@ func (r *Runner) stopShard(ctx context.Context, s ShardID, abort error) error {
 	if abort != nil {
 		return r.fenceShard(ctx, s, abort)
 	}
-	r.mu.Lock()
-	sub, ok := r.shards[s]
-	delete(r.shards, s)
-	pc := r.pc
-	r.mu.Unlock()
+	sub, pc, ok := r.unlistShard(s)
 	if !ok {
 		return nil
 	}
@@ -680,11 +686,7 @@ func (r *Runner) fenceShard(ctx context.Context, s ShardID, abort error) error {
 		sg.cancelNow()
 	}
 	err := r.rt.ClosePartition(ctx, part, abort)
-	r.mu.Lock()
-	sub, ok := r.shards[s]
-	delete(r.shards, s)
-	pc := r.pc
-	r.mu.Unlock()
+	sub, pc, ok := r.unlistShard(s)
 	if !ok {
 		return err
 	}
