@@ -57,3 +57,63 @@ func SetWallClock(r *Runner, offset time.Duration) {
 
 // ReplyKey is the key of a persisted message's stored reply.
 func ReplyKey(msgID string) string { return replyKey(msgID) }
+
+// FailReplyLookups makes every runner's look-ups of stored replies call f
+// first and fail with the error it returns, until the returned function
+// is called.
+func FailReplyLookups(f func(msgID string) error) (restore func()) {
+	failReplyLookup.Store(&f)
+	return func() { failReplyLookup.Store(nil) }
+}
+
+// ShardOfEntity is the shard of an entity for r.
+func ShardOfEntity(r *Runner, entityType, id string) ShardID {
+	return ShardID{Group: r.cfg.groupOf(entityType), N: ShardOf(id, r.cfg.ShardsPerGroup)}
+}
+
+// DropPersistedShard makes r's persisted consumer stop handling shard s's
+// messages, as a fencing or hand-off of s does, without waiting.
+func DropPersistedShard(r *Runner, s ShardID) { persistedOf(r).remove(s) }
+
+// AddPersistedShard makes r's persisted consumer handle shard s's messages
+// again, as getting its lease back does.
+func AddPersistedShard(r *Runner, s ShardID) { persistedOf(r).add(s) }
+
+// PersistedHeld is how many delivered messages r's persisted consumer
+// holds (queued, running or waiting for a retry).
+func PersistedHeld(r *Runner) int {
+	pc := persistedOf(r)
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return len(pc.held)
+}
+
+func persistedOf(r *Runner) *persistConsumer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pc
+}
+
+// HoldRebuilds holds every runner's persisted-consumer rebuilds until the
+// returned function is called.
+func HoldRebuilds() (release func()) {
+	ch := make(chan struct{})
+	holdRebuilds.Store(&ch)
+	return func() {
+		if holdRebuilds.CompareAndSwap(&ch, nil) {
+			close(ch)
+		}
+	}
+}
+
+// PersistedDeliveries is how many deliveries r's current persisted
+// consumer has made (0 without one).
+func PersistedDeliveries(r *Runner) uint64 {
+	pc := persistedOf(r)
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.gen == nil {
+		return 0
+	}
+	return pc.gen.lastCSeq
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,9 +29,18 @@ import (
 // being a work queue, a new consumer delivers exactly the unacknowledged
 // messages of its shards, in stream order. A work queue also refuses two
 // consumers with the same filter, so two runners can never consume one
-// shard's messages at once: a runner taking over a shard first removes it
-// from the filters of the consumer that still has it (its crashed or fenced
-// previous owner's).
+// shard's messages at once: a runner taking over a shard first deletes the
+// consumer that still has it (its crashed or fenced previous owner's, which
+// that runner rebuilds if it is alive).
+//
+// A consumer's filters are never changed in place, and above all never
+// grown: a consumer given a filter it did not have is past that filter's
+// older messages (it never delivers them), and on its next leader change
+// nats-server's interest check acknowledges, so removes from the work
+// queue, every message of its filters below its acknowledgement floor
+// (TestTakeShardsRacingARebuild). Editing another runner's consumer from
+// a listing of its configuration did exactly that when the runner rebuilt
+// it between the listing and the edit (K8, docs/reliability.md).
 //
 // Messages are held by stream sequence across rebuilds: a message being
 // handled when its consumer is replaced is not handled again when the new
@@ -40,6 +50,19 @@ import (
 // loseDelivery, set by tests only, drops the deliveries it returns true
 // for, as a consumer leader change can lose them in flight.
 var loseDelivery atomic.Pointer[func(streamSeq, numDelivered uint64) bool]
+
+// failReplyLookup, set by tests only, runs before each look-up of a stored
+// reply and fails it with the error it returns (nil: the look-up goes
+// ahead), as a look-up across a pause or a lost connection fails.
+var failReplyLookup atomic.Pointer[func(msgID string) error]
+
+// holdRebuilds, set by tests only, holds consumer rebuilds until the
+// channel is closed.
+var holdRebuilds atomic.Pointer[chan struct{}]
+
+// takeShardsListed, set by tests only, runs in takeShards between listing
+// the consumers and acting on the listing.
+var takeShardsListed atomic.Pointer[func()]
 
 // doneMemory bounds how many handled-and-acknowledged stream sequences a
 // runner remembers, to recognize a redelivery whose ack was lost (or had not
@@ -57,8 +80,8 @@ const rebuildDebounce = 20 * time.Millisecond
 var errStaleRebuild = errors.New("shards changed during the rebuild")
 
 // verifyEvery is how often a runner checks that its consumer still exists
-// with the filters it built it with (another runner taking a shard edits
-// the previous owner's consumer; an operator may delete it).
+// with the filters it built it with (another runner taking a shard deletes
+// the previous owner's consumer; an operator may delete or edit it).
 const verifyEvery = 5 * time.Second
 
 // errWQNotUnique is the server's refusal of a consumer whose filter overlaps
@@ -98,6 +121,12 @@ type consumerGen struct {
 	cc       natsjs.ConsumeContext
 	lastCSeq uint64
 	stale    bool
+	// shards it was built for, less those removed since: its deliveries of
+	// a shard removed and added back before the rebuild are not handled
+	// (they could overtake a message of the shard it had delivered and
+	// that was let go at the removal, unacknowledged: only the next
+	// consumer delivers that one again, in order).
+	shards map[ShardID]bool
 }
 
 type pmsg struct {
@@ -163,6 +192,9 @@ func (pc *persistConsumer) remove(s ShardID) (wait func(ctx context.Context)) {
 		return func(context.Context) {}
 	}
 	delete(pc.want, s)
+	if pc.gen != nil {
+		delete(pc.gen.shards, s)
+	}
 	pc.version++
 	v := pc.version
 	for addr, q := range pc.queues {
@@ -258,6 +290,13 @@ func (pc *persistConsumer) manage() {
 			t.Stop()
 			return
 		}
+		if h := holdRebuilds.Load(); h != nil {
+			select {
+			case <-*h:
+			case <-pc.quit:
+				return
+			}
+		}
 		select { // the burst's requests are all served by this rebuild
 		case <-pc.kick:
 		default:
@@ -273,8 +312,8 @@ func (pc *persistConsumer) manage() {
 }
 
 // intact reports whether the consumer is as the last rebuild made it (or
-// whether that cannot be told now: NATS unreachable). A consumer deleted or
-// stripped of filters by someone else is rebuilt.
+// whether that cannot be told now: NATS unreachable). A consumer deleted, or
+// whose filters someone else changed, is rebuilt.
 func (pc *persistConsumer) intact() bool {
 	pc.mu.Lock()
 	gen, built, version := pc.gen, pc.built, pc.version
@@ -314,6 +353,7 @@ func (pc *persistConsumer) rebuild() error {
 	}
 	version := pc.version
 	filters := pc.filtersLocked()
+	shards := maps.Clone(pc.want)
 	old := pc.gen
 	pc.gen = nil
 	if old != nil {
@@ -336,7 +376,7 @@ func (pc *persistConsumer) rebuild() error {
 		if err != nil {
 			return err
 		}
-		g := &consumerGen{}
+		g := &consumerGen{shards: shards}
 		pc.mu.Lock()
 		if pc.closed || pc.version != version {
 			// Changed meanwhile: build again (the requests are queued).
@@ -405,8 +445,8 @@ func (pc *persistConsumer) filtersLocked() []string {
 }
 
 // create creates the runner's consumer; if another consumer still has one of
-// its shards (a crashed or fenced runner's), it takes the shards away from
-// it first.
+// its shards (a crashed or fenced runner's), it deletes that consumer
+// first.
 func (pc *persistConsumer) create(ctx context.Context, filters []string, version uint64) (natsjs.Consumer, error) {
 	cfg := natsjs.ConsumerConfig{
 		Durable:        pc.name,
@@ -433,9 +473,19 @@ func (pc *persistConsumer) create(ctx context.Context, filters []string, version
 		// before its lease expires, so before anyone else can hold it.
 		pc.mu.Lock()
 		stale := pc.version != version || pc.closed
+		shards := slices.Collect(maps.Keys(pc.want))
 		pc.mu.Unlock()
 		if stale {
 			return nil, errStaleRebuild
+		}
+		// Nor while a lease has lapsed here (a pause; a renewal failing):
+		// the shard may be someone else's already, and deleting that
+		// runner's consumer would only make it take the shard back from
+		// this one's, until this runner notices the loss.
+		for _, s := range shards {
+			if !pc.r.leaseValid(s) {
+				return nil, fmt.Errorf("create consumer %s: %w; the lease of shard %s has lapsed here: not taking it from another runner's consumer", pc.name, err, s)
+			}
 		}
 		if err := pc.takeShards(ctx, filters); err != nil {
 			return nil, err
@@ -448,9 +498,15 @@ func (pc *persistConsumer) create(ctx context.Context, filters []string, version
 	return cons, nil
 }
 
-// takeShards removes the given filters from every other runner's consumer
-// (deleting a consumer left with none). This runner holds the shards'
-// leases, so their previous owners have stopped acting on them.
+// takeShards deletes every other runner's consumer that filters on one of
+// the given filters. This runner holds the shards' leases, so their
+// previous owners have stopped acting on them; such an owner still alive
+// rebuilds its consumer for the shards it keeps (its unacknowledged
+// messages stay in the stream). A consumer is deleted, never edited to
+// drop the shards: the edit would be computed from a listing that may be
+// stale by the time it lands, and could give a consumer rebuilt meanwhile
+// filters it does not have, whose messages the server then removes (see
+// the top of this file).
 func (pc *persistConsumer) takeShards(ctx context.Context, filters []string) error {
 	list := pc.p.stream.ListConsumers(ctx)
 	var infos []*natsjs.ConsumerInfo
@@ -460,6 +516,9 @@ func (pc *persistConsumer) takeShards(ctx context.Context, filters []string) err
 	if err := list.Err(); err != nil {
 		return fmt.Errorf("list consumers: %w", err)
 	}
+	if f := takeShardsListed.Load(); f != nil {
+		(*f)()
+	}
 	for _, info := range infos {
 		if info.Name == pc.name {
 			continue
@@ -468,13 +527,10 @@ func (pc *persistConsumer) takeShards(ctx context.Context, filters []string) err
 		if info.Config.FilterSubject != "" {
 			all = append(all, info.Config.FilterSubject)
 		}
-		var keep []string
 		taken := 0
 		for _, f := range all {
 			if slices.ContainsFunc(filters, func(mine string) bool { return subjectsCollide(f, mine) }) {
 				taken++
-			} else {
-				keep = append(keep, f)
 			}
 		}
 		if taken == 0 {
@@ -485,18 +541,8 @@ func (pc *persistConsumer) takeShards(ctx context.Context, filters []string) err
 		if !strings.HasPrefix(info.Name, "runner-") && !strings.HasPrefix(info.Name, "shard-") {
 			return fmt.Errorf("consumer %s (not natsmesh's) consumes shards of this runner: remove it", info.Name)
 		}
-		pc.r.log.Info("persisted messages: taking shards from another runner's consumer", "consumer", info.Name, "shards", taken)
-		var err error
-		if len(keep) == 0 {
-			err = pc.p.stream.DeleteConsumer(ctx, info.Name)
-		} else {
-			cfg := info.Config
-			cfg.FilterSubject, cfg.FilterSubjects = "", keep
-			if len(keep) == 1 {
-				cfg.FilterSubject, cfg.FilterSubjects = keep[0], nil
-			}
-			_, err = pc.p.stream.UpdateConsumer(ctx, cfg)
-		}
+		pc.r.log.Info("persisted messages: deleting another runner's consumer that has shards of this runner", "consumer", info.Name, "shards", taken, "filters", len(all))
+		err := pc.p.stream.DeleteConsumer(ctx, info.Name)
 		if err != nil && !errors.Is(err, natsjs.ErrConsumerNotFound) {
 			return fmt.Errorf("take shards from consumer %s: %w", info.Name, err)
 		}
@@ -591,7 +637,7 @@ func (pc *persistConsumer) onMsg(g *consumerGen, m natsjs.Msg) {
 	if pc.closed || pc.gen != g || pc.held[seq] != nil {
 		return
 	}
-	if pm.deadReason == nil && !pc.want[pm.shard] {
+	if pm.deadReason == nil && (!pc.want[pm.shard] || !g.shards[pm.shard]) {
 		pc.trace("persisted: delivery for a shard not served: left unacknowledged", pm)
 		return // a shard being removed: left for its next owner
 	}
@@ -711,7 +757,14 @@ func (pc *persistConsumer) process(pm *pmsg) {
 		// Handled before (a redelivery after a crash, or a resend of the
 		// same id): answer from the stored reply, do not run the handler
 		// again.
-		e, err := pc.p.replies.Get(ctx, replyKey(pm.msgID))
+		var e natsjs.KeyValueEntry
+		var err error
+		if f := failReplyLookup.Load(); f != nil {
+			err = (*f)(pm.msgID)
+		}
+		if err == nil {
+			e, err = pc.p.replies.Get(ctx, replyKey(pm.msgID))
+		}
 		cancel()
 		if err == nil {
 			pc.trace("persisted: answered from its stored reply, not run", pm)

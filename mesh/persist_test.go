@@ -746,9 +746,9 @@ func TestPersistedHandoff(t *testing.T) {
 	t.Logf("PERSIST HANDOFF: %d messages, each handled once in order across a scale-out and a scale-in", total)
 }
 
-// A runner whose consumer is deleted under it (by an operator), or whose
-// filters are changed (another runner took shards from it), notices and
-// rebuilds it: messages keep being handled.
+// A runner whose consumer is deleted under it (by an operator, or by
+// another runner that took shards from it), or whose filters an operator
+// changed, notices and rebuilds it: messages keep being handled.
 func TestPersistedConsumerDeleted(t *testing.T) {
 	s := natstest.StartServer(t)
 	cfg := persistConfig()
@@ -887,5 +887,68 @@ func TestPersistedReplyFirstWriterWins(t *testing.T) {
 	}
 	if got, err := mesh.Reply(ctx, c, Answer, "race-1"); err != nil || got != "first" {
 		t.Fatalf("Reply = %q, %v; want %q", got, err, "first")
+	}
+}
+
+// A message whose stored-reply look-up fails across the loss of its shard
+// (a pause: the runner wakes, fences the shard, then the look-up fails)
+// waits for a retry; at the retry the shard is no longer served, and the
+// message is let go for the shard's next owner. It must not stay at the
+// head of its entity's queue: when the shard came back, that entity's
+// later messages queued behind it for good, acknowledged to their senders
+// and never run (container run 6, docs/reliability.md). Nor may a later
+// message of the entity, delivered by the consumer from before the loss,
+// run before it once the shard is back.
+func TestPersistedRetryAcrossShardLoss(t *testing.T) {
+	s := natstest.StartServer(t)
+	l := newLedgerLog()
+	r := startRunner(t, s.ClientURL(), persistConfig(), ledgerBehavior(l))
+	c, _ := newClient(t, s.ClientURL(), persistConfig())
+	ctx := context.Background()
+	looking := make(chan struct{})
+	fail := make(chan struct{})
+	var once sync.Once
+	defer mesh.FailReplyLookups(func(msgID string) error {
+		if msgID != "first" {
+			return nil
+		}
+		stalled := false
+		once.Do(func() { stalled = true })
+		if !stalled {
+			return nil
+		}
+		close(looking)
+		<-fail
+		return errors.New("injected: the reply store is unreachable")
+	})()
+	shard := mesh.ShardOfEntity(r, "Ledger", "e")
+	if err := mesh.Send(ctx, c, Post, "e", 1, mesh.MessageID("first")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-looking:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the message's stored reply was never looked up")
+	}
+	// The consumer keeps its filters until its rebuild, held here so that
+	// the shard comes back before it.
+	release := mesh.HoldRebuilds()
+	defer release()
+	mesh.DropPersistedShard(r, shard) // fenced while the look-up is stuck
+	close(fail)
+	natstest.WaitFor(t, 20*time.Second, func() bool { return mesh.PersistedHeld(r) == 0 },
+		"the message, retried after its shard was lost, let go for the shard's next owner")
+	mesh.AddPersistedShard(r, shard) // the shard comes back
+	if err := mesh.Send(ctx, c, Post, "e", 2, mesh.MessageID("second")); err != nil {
+		t.Fatal(err)
+	}
+	// The consumer from before the loss delivers the second message; it
+	// must not run before the first, which only the rebuilt consumer
+	// delivers again.
+	natstest.WaitFor(t, 20*time.Second, func() bool { return mesh.PersistedDeliveries(r) == 2 }, "the second message delivered")
+	release()
+	natstest.WaitFor(t, 20*time.Second, func() bool { return len(l.values("e")) == 2 }, "both messages handled once the shard is back")
+	if got := l.values("e"); fmt.Sprint(got) != "[1 2]" {
+		t.Fatalf("handled %v, want [1 2]", got)
 	}
 }
