@@ -73,7 +73,11 @@ func newCoordinator(ctx context.Context, r *Runner) (*coordinator, error) {
 		owned:     map[ShardID]*heldShard{},
 		byPart:    make([]atomic.Pointer[heldShard], len(r.cfg.ShardGroups)*r.cfg.ShardsPerGroup),
 	}
-	if err := c.register(ctx); err != nil {
+	// Retried: a runner started while its NATS cluster elects leaders (a
+	// server restarting) would otherwise exit on the first timeout.
+	sctx, cancel := setupContext(ctx)
+	defer cancel()
+	if err := retrySetup(sctx, "registration", c.register); err != nil {
 		return nil, err
 	}
 	return c, nil

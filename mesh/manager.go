@@ -62,7 +62,16 @@ func (m *ShardManager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w, err := st.leases.Watch(ctx, managerKey)
+	// Retried, as the buckets are: a manager started while its NATS
+	// cluster elects leaders (a server restarting) exited on the first
+	// timeout (chaos seed 2254528045206132035).
+	var w *jetstream.Watcher
+	sctx, cancel := setupContext(ctx)
+	err = retrySetup(sctx, "watch of the leadership lease", func(context.Context) (err error) {
+		w, err = st.leases.Watch(ctx, managerKey) // ctx: the watch lives on
+		return err
+	})
+	cancel()
 	if err != nil {
 		return err
 	}

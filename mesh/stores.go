@@ -34,11 +34,8 @@ type stores struct {
 const storeSetupTimeout = 30 * time.Second
 
 func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, storeSetupTimeout)
-		defer cancel()
-	}
+	ctx, cancel := setupContext(ctx)
+	defer cancel()
 	js, err := natsjs.New(nc)
 	if err != nil {
 		return nil, err
@@ -83,7 +80,7 @@ func retrySetup(ctx context.Context, what string, setup func(context.Context) er
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() != nil || errors.Is(err, jetstream.ErrInvalidConfig) {
+		if ctx.Err() != nil || errors.Is(err, jetstream.ErrInvalidConfig) || errors.Is(err, jetstream.ErrLeaseHeld) || errors.Is(err, jetstream.ErrInvalidArgument) {
 			return fmt.Errorf("open %s: %w", what, err)
 		}
 		t := time.NewTimer(100 * time.Millisecond)
@@ -97,6 +94,15 @@ func retrySetup(ctx context.Context, what string, setup func(context.Context) er
 }
 
 const setupAttemptTimeout = 3 * time.Second
+
+// setupContext bounds a start-up step (with retries) by storeSetupTimeout
+// when ctx has no deadline of its own.
+func setupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, storeSetupTimeout)
+}
 
 // openLeases opens the lease bucket named bucket, retrying as retrySetup does.
 func openLeases(ctx context.Context, js natsjs.JetStream, lc jetstream.LeaseConfig, bucket string) (ls *jetstream.Leases, err error) {
