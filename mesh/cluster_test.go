@@ -938,3 +938,82 @@ func TestClusterFencingWithReplyStoreBlocked(t *testing.T) {
 	t.Logf("held-1 deactivated %v after the cut", time.Since(cut).Round(time.Millisecond))
 	proxy.Restore()
 }
+
+// A shard manager (or runner) started while NATS cannot yet serve it (a
+// cluster electing leaders after a server restart) retries its start-up
+// steps instead of exiting on the first failure: here the leadership
+// watch is refused until a consumer slot of the lease bucket frees up.
+func TestManagerStartRetriesItsWatch(t *testing.T) {
+	cfg := clusterConfig()
+	c := newTestCluster(t, cfg)
+	first, stop := c.manager() // creates the buckets
+	natstest.WaitFor(t, 30*time.Second, first.IsLeader, "the first manager leads")
+	stop()
+	nc, err := nats.Connect(c.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := natsjs.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	leases := "KV_" + cfg.Prefix + "_leases"
+	st, err := js.Stream(ctx, leases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := st.CachedInfo().Config
+	sc.MaxConsumers = 1
+	if _, err := js.UpdateStream(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, cfg.Prefix+"_leases")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := kv.WatchAll(ctx) // takes the one consumer slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server's API audit reports each refused consumer creation.
+	refused := make(chan struct{}, 100)
+	audit, err := nc.Subscribe("$JS.EVENT.ADVISORY.API", func(m *nats.Msg) {
+		if strings.Contains(string(m.Data), "CONSUMER.CREATE."+leases) && strings.Contains(string(m.Data), "maximum consumers") {
+			refused <- struct{}{}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer audit.Unsubscribe()
+	mnc, err := nats.Connect(c.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mnc.Close()
+	m, err := mesh.NewShardManager(mnc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mctx, mcancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(mctx) }()
+	defer func() { mcancel(); <-done }()
+	for range 2 { // refused, and tried again
+		select {
+		case <-refused:
+		case err := <-done:
+			done <- err
+			t.Fatalf("the manager gave up at its first refused watch: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("the manager's watch was not refused twice")
+		}
+	}
+	if err := w.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitFor(t, 30*time.Second, m.IsLeader, "the manager leads once its watch is possible")
+}
