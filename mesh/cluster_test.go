@@ -263,6 +263,21 @@ func (c *testCluster) manager() (*mesh.ShardManager, context.CancelFunc) {
 	return m, sync.OnceFunc(stop)
 }
 
+// jetStream connects to the cluster's server (closed at the test's end).
+func (c *testCluster) jetStream() (*nats.Conn, natsjs.JetStream) {
+	c.t.Helper()
+	nc, err := nats.Connect(c.url)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(nc.Close)
+	js, err := natsjs.New(nc)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return nc, js
+}
+
 // runner starts a runner with the given id and weight.
 func (c *testCluster) runner(id string, weight int, singletons map[string]func(context.Context) error) *mesh.Runner {
 	c.t.Helper()
@@ -628,15 +643,7 @@ func TestClusterSingletonCrash(t *testing.T) {
 func TestClusterOutlivedRegistration(t *testing.T) {
 	cfg := clusterConfig()
 	c := newTestCluster(t, cfg)
-	nc, err := nats.Connect(c.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := natsjs.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := c.jetStream()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// The ghost's registration: an hour-long TTL the server will not
@@ -949,15 +956,7 @@ func TestManagerStartRetriesItsWatch(t *testing.T) {
 	first, stop := c.manager() // creates the buckets
 	natstest.WaitFor(t, 30*time.Second, first.IsLeader, "the first manager leads")
 	stop()
-	nc, err := nats.Connect(c.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := natsjs.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := c.jetStream()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	leases := "KV_" + cfg.Prefix + "_leases"

@@ -77,7 +77,7 @@ func newCoordinator(ctx context.Context, r *Runner) (*coordinator, error) {
 	// server restarting) would otherwise exit on the first timeout.
 	sctx, cancel := setupContext(ctx)
 	defer cancel()
-	if err := retrySetup(sctx, "registration", c.register); err != nil {
+	if err := retrySetup(sctx, "register", c.register); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -67,7 +67,7 @@ func (m *ShardManager) Run(ctx context.Context) error {
 	// timeout (chaos seed 2254528045206132035).
 	var w *jetstream.Watcher
 	sctx, cancel := setupContext(ctx)
-	err = retrySetup(sctx, "watch of the leadership lease", func(context.Context) (err error) {
+	err = retrySetup(sctx, "watch the leadership lease", func(context.Context) (err error) {
 		w, err = st.leases.Watch(ctx, managerKey) // ctx: the watch lives on
 		return err
 	})

@@ -121,11 +121,11 @@ type consumerGen struct {
 	cc       natsjs.ConsumeContext
 	lastCSeq uint64
 	stale    bool
-	// shards it was built for, less those removed since: its deliveries of
-	// a shard removed and added back before the rebuild are not handled
-	// (they could overtake a message of the shard it had delivered and
-	// that was let go at the removal, unacknowledged: only the next
-	// consumer delivers that one again, in order).
+	// shards it was built for, less those removed since (a subset of
+	// want): its deliveries of a shard removed and added back before the
+	// rebuild are not handled (they could overtake a message of the shard
+	// it had delivered and that was let go at the removal, unacknowledged:
+	// only the next consumer delivers that one again, in order).
 	shards map[ShardID]bool
 }
 
@@ -637,7 +637,7 @@ func (pc *persistConsumer) onMsg(g *consumerGen, m natsjs.Msg) {
 	if pc.closed || pc.gen != g || pc.held[seq] != nil {
 		return
 	}
-	if pm.deadReason == nil && (!pc.want[pm.shard] || !g.shards[pm.shard]) {
+	if pm.deadReason == nil && !g.shards[pm.shard] { // wanted, and not removed since g was built
 		pc.trace("persisted: delivery for a shard not served: left unacknowledged", pm)
 		return // a shard being removed: left for its next owner
 	}

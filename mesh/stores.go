@@ -66,8 +66,10 @@ func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error)
 	return st, nil
 }
 
-// retrySetup runs an idempotent bucket setup with short attempts until ctx
-// ends. On a NATS cluster, two processes creating the same replicated
+// retrySetup runs an idempotent start-up step (a bucket's setup, a
+// registration, a watch; what names it in the error) with short attempts
+// until ctx ends, or until an error that another attempt cannot mend. On a
+// NATS cluster, two processes creating the same replicated
 // bucket at once can leave the losing request unanswered (observed with
 // nats-server 2.15.2: both callers hung until their deadline, while a
 // second attempt found the bucket at once), so one long attempt is worse
@@ -81,14 +83,14 @@ func retrySetup(ctx context.Context, what string, setup func(context.Context) er
 			return nil
 		}
 		if ctx.Err() != nil || errors.Is(err, jetstream.ErrInvalidConfig) || errors.Is(err, jetstream.ErrLeaseHeld) || errors.Is(err, jetstream.ErrInvalidArgument) {
-			return fmt.Errorf("open %s: %w", what, err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		t := time.NewTimer(100 * time.Millisecond)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("open %s: %w", what, err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
 }
@@ -107,7 +109,7 @@ func setupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // openLeases opens the lease bucket named bucket, retrying as retrySetup does.
 func openLeases(ctx context.Context, js natsjs.JetStream, lc jetstream.LeaseConfig, bucket string) (ls *jetstream.Leases, err error) {
 	lc.Bucket = bucket
-	err = retrySetup(ctx, bucket, func(ctx context.Context) (err error) {
+	err = retrySetup(ctx, "open "+bucket, func(ctx context.Context) (err error) {
 		ls, err = jetstream.OpenLeases(ctx, js, lc)
 		return err
 	})
@@ -118,7 +120,7 @@ func openLeases(ctx context.Context, js natsjs.JetStream, lc jetstream.LeaseConf
 // its replicas and limits: jetstream.EnsureKeyValue), retrying as
 // retrySetup does.
 func openKV(ctx context.Context, js natsjs.JetStream, cfg natsjs.KeyValueConfig, log *slog.Logger) (kv natsjs.KeyValue, err error) {
-	err = retrySetup(ctx, cfg.Bucket, func(ctx context.Context) (err error) {
+	err = retrySetup(ctx, "open "+cfg.Bucket, func(ctx context.Context) (err error) {
 		kv, err = jetstream.EnsureKeyValue(ctx, js, cfg, mismatchLogger(log))
 		return err
 	})
@@ -129,7 +131,7 @@ func openKV(ctx context.Context, js natsjs.JetStream, cfg natsjs.KeyValueConfig,
 // its replicas and limits: jetstream.EnsureStream), retrying as retrySetup
 // does.
 func openStream(ctx context.Context, js natsjs.JetStream, cfg natsjs.StreamConfig, log *slog.Logger) (st natsjs.Stream, err error) {
-	err = retrySetup(ctx, cfg.Name, func(ctx context.Context) (err error) {
+	err = retrySetup(ctx, "open "+cfg.Name, func(ctx context.Context) (err error) {
 		st, err = jetstream.EnsureStream(ctx, js, cfg, mismatchLogger(log))
 		return err
 	})
