@@ -39,11 +39,11 @@ bench:
 	$(GO) run ./test/bench -only persist -runners 3
 
 FUZZTIME ?= 60s
-FUZZ_TARGETS = ./mesh:FuzzIDHeader ./mesh:FuzzParseCall ./mesh:FuzzErrorEnvelope ./mesh:FuzzCodecs \
-	./mesh:FuzzStoredReply ./mesh:FuzzShardKey ./mesh:FuzzAssignment ./mesh:FuzzRegistryRecord \
-	./mesh:FuzzAssignmentRecord ./mesh:FuzzStreamControl ./mesh:FuzzParseSubjects ./mesh:FuzzReplyKey \
+FUZZ_TARGETS = ./mesh/protocol:FuzzIDHeader ./mesh/protocol:FuzzParseCall ./mesh/protocol:FuzzErrorEnvelope ./mesh/protocol:FuzzCodecs \
+	./mesh/protocol:FuzzStoredReply ./mesh:FuzzShardKey ./mesh:FuzzAssignment ./mesh:FuzzRegistryRecord \
+	./mesh:FuzzAssignmentRecord ./mesh:FuzzStreamControl ./mesh/protocol:FuzzParseSubjects ./mesh/protocol:FuzzReplyKey \
 	./mesh:FuzzPersistedMessage ./jetstream:FuzzLeaseValue ./jetstream:FuzzLeaseHeaders \
-	./jetstream:FuzzWatchEvent ./internal/assign:FuzzCompute ./internal/jskit:FuzzToken \
+	./jetstream:FuzzWatchEvent ./internal/assign:FuzzCompute ./jetstream:FuzzToken \
 	./internal/cronexpr:FuzzNext
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$pkg $$fn"; \

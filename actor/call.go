@@ -164,9 +164,13 @@ func Stream[Req, Chunk any](ctx context.Context, rt *Runtime, rpc StreamRPC[Req,
 	}
 }
 
-// Codec turns payloads into bytes and back; the mesh supplies msgpack and
-// JSON. Implementations must be safe for concurrent use.
+// Codec turns payloads into bytes and back; package mesh/protocol supplies
+// msgpack and JSON, and the packages that store entity state use the same
+// two. Implementations must be safe for concurrent use.
 type Codec interface {
+	// Name is the codec's name on the wire and in stored data ("json",
+	// "msgpack").
+	Name() string
 	Marshal(v any) ([]byte, error)
 	Unmarshal(data []byte, v any) error
 }

@@ -24,7 +24,7 @@ type Entity struct {
 // because it travels in NATS subject tokens. NewEntity panics on a bad name:
 // that is a programming error found at start-up.
 func NewEntity(name string) *Entity {
-	if !validName(name) {
+	if !ValidName(name) {
 		panic(fmt.Sprintf("actor: invalid entity type name %q: want [A-Za-z0-9_-]{1,64}", name))
 	}
 	return &Entity{name: name, byName: map[string]*rpcDesc{}}
@@ -50,7 +50,11 @@ func (e *Entity) RPC(name string) RPCInfo {
 	return nil
 }
 
-func validName(s string) bool {
+// ValidName reports whether s is a name: 1 to 64 bytes of [A-Za-z0-9_-],
+// one NATS subject token and one KV key. Entity types, RPCs, declared
+// failures, singletons, shard groups, cluster prefixes and runner ids are
+// names; natsmesh checks each with this one function.
+func ValidName(s string) bool {
 	if len(s) == 0 || len(s) > 64 {
 		return false
 	}
@@ -139,7 +143,7 @@ func Persisted() RPCOption { return func(d *rpcDesc) { d.persisted = true } }
 func Failure[E error](code string) RPCOption {
 	t := reflect.TypeFor[E]()
 	return func(d *rpcDesc) {
-		if !validName(code) {
+		if !ValidName(code) {
 			panic(fmt.Sprintf("actor: rpc %s/%s: invalid failure code %q", d.entity.name, d.name, code))
 		}
 		for _, f := range d.failures {
@@ -155,7 +159,7 @@ func (e *Entity) declare(name string, kind RPCKind, opts []RPCOption) *rpcDesc {
 	if e.sealed.Load() {
 		panic(fmt.Sprintf("actor: entity %s: rpc %s declared after registration", e.name, name))
 	}
-	if !validName(name) {
+	if !ValidName(name) {
 		panic(fmt.Sprintf("actor: entity %s: invalid rpc name %q: want [A-Za-z0-9_-]{1,64}", e.name, name))
 	}
 	if _, dup := e.byName[name]; dup {

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// TestImports keeps the layering of DESIGN.md: actor uses the standard
+// TestImports keeps the layering of docs/design.md: actor uses the standard
 // library only.
 func TestImports(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "github.com/natsmesh/natsmesh/actor").CombinedOutput()

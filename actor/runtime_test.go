@@ -108,6 +108,7 @@ func TestSequentialUnderContention(t *testing.T) {
 // to send many messages in a known order from one goroutine.
 type jsonCodec struct{}
 
+func (jsonCodec) Name() string                    { return "json" }
 func (jsonCodec) Marshal(v any) ([]byte, error)   { return json.Marshal(v) }
 func (jsonCodec) Unmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 func payload(v any) []byte                        { b, _ := json.Marshal(v); return b }

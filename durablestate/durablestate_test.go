@@ -15,9 +15,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/natsmesh/natsmesh/actor"
-	"github.com/natsmesh/natsmesh/internal/jskit"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/internal/patterntest"
+	"github.com/natsmesh/natsmesh/jetstream"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
@@ -206,7 +206,7 @@ func TestUnansweredWriteThatLanded(t *testing.T) {
 	testHookAttempt = func(attempt int, publish func() (uint64, error)) (uint64, error) {
 		seq, err := publish()
 		if attempt == 1 && err == nil {
-			return 0, jskit.ErrNoAnswer
+			return 0, jetstream.ErrNoAnswer
 		}
 		return seq, err
 	}

@@ -12,7 +12,8 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/guard"
-	"github.com/natsmesh/natsmesh/internal/jskit"
+	"github.com/natsmesh/natsmesh/jetstream"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Spec describes a durable-state entity type.
@@ -105,13 +106,13 @@ func New[S any](ctx context.Context, store *Store, entity *actor.Entity, spec Sp
 	if err != nil {
 		return nil, err
 	}
-	err = jskit.Setup(ctx, d.bucket, func(ctx context.Context) error {
-		_, err := store.js.CreateOrUpdateKeyValue(ctx, natsjs.KeyValueConfig{
+	err = jetstream.Setup(ctx, "open "+d.bucket, func(ctx context.Context) error {
+		_, err := jetstream.EnsureKeyValue(ctx, store.js, natsjs.KeyValueConfig{
 			Bucket:      d.bucket,
 			Description: "natsmesh durable state of " + entity.Name() + " entities",
 			History:     1,
 			Replicas:    store.cfg.Replicas,
-		})
+		}, nil)
 		return err
 	})
 	if err != nil {
@@ -293,18 +294,18 @@ func (e *Entity[S]) write(ctx context.Context, s S, marker nats.Header) error {
 			return fmt.Errorf("encode state of %s: %w", e.addr, err)
 		}
 		m.Data = data
-		m.Header[HeaderCodec] = []string{st.cfg.Codec.Name()}
+		m.Header[protocol.HeaderCodec] = []string{st.cfg.Codec.Name()}
 		if v := e.d.spec.StateVersion; v != 0 {
 			m.Header[HeaderStateVersion] = []string{strconv.Itoa(v)}
 		}
 	}
-	a := jskit.Append{
+	a := jetstream.Append{
 		NC: st.nc, JS: st.js, Stream: e.d.stream, Subject: e.subject,
 		Expected: e.rev, IDHeader: HeaderWriteID,
 		AttemptTimeout: st.cfg.WriteAttemptTimeout, Attempt: testHookAttempt,
 	}
 	rev, err := a.Do(ctx, []*nats.Msg{m})
-	var re *jskit.RefusedError
+	var re *jetstream.RefusedError
 	switch {
 	case err == nil:
 		e.rev = rev
@@ -318,14 +319,14 @@ func (e *Entity[S]) write(ctx context.Context, s S, marker nats.Header) error {
 			e.self.Stop()
 		}
 		return &ConflictError{Entity: e.addr.String(), Expected: re.Expected, Actual: re.Actual}
-	case errors.Is(err, jskit.ErrOutcomeUnknown):
+	case errors.Is(err, jetstream.ErrOutcomeUnknown):
 		e.g.MarkStale(ErrUnknownOutcome)
 		return fmt.Errorf("%w: %s: %w", ErrUnknownOutcome, e.addr, err)
 	}
 	return fmt.Errorf("write state of %s: %w", e.addr, err)
 }
 
-// testHookAttempt, when set (tests), runs each write attempt (jskit.Append.Attempt).
+// testHookAttempt, when set (tests), runs each write attempt (jetstream.Append.Attempt).
 var testHookAttempt func(attempt int, publish func() (uint64, error)) (uint64, error)
 
 // flush stores the unsaved state; the guard is held.
@@ -389,8 +390,8 @@ func (e *Entity[S]) stop(ctx context.Context) {
 // load reads the stored state from the bucket stream's leader.
 func (e *Entity[S]) load(ctx context.Context) error {
 	st := e.d.store
-	m, err := jskit.LeaderGet(ctx, st.nc, e.d.stream, jskit.GetRequest{LastBySubject: e.subject})
-	if errors.Is(err, jskit.ErrNotFound) {
+	m, err := jetstream.LeaderGet(ctx, st.nc, e.d.stream, jetstream.GetRequest{LastBySubject: e.subject})
+	if errors.Is(err, jetstream.ErrNotFound) {
 		e.state, e.rev, e.dirty = e.initial(), 0, 0
 		e.g.MarkFresh()
 		return nil
@@ -407,7 +408,7 @@ func (e *Entity[S]) load(ctx context.Context) error {
 	return nil
 }
 
-func (e *Entity[S]) decode(m *jskit.Msg) (S, error) {
+func (e *Entity[S]) decode(m *jetstream.Msg) (S, error) {
 	if op := m.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
 		return e.initial(), nil
 	}
@@ -433,7 +434,7 @@ func (e *Entity[S]) decode(m *jskit.Msg) (S, error) {
 			return s, fmt.Errorf("migrate from version %d: %w", v, err)
 		}
 	}
-	codec, err := jskit.CodecFor(m.Header.Get(HeaderCodec), e.d.store.cfg.Codec)
+	codec, err := protocol.CodecFor(m.Header.Get(protocol.HeaderCodec), e.d.store.cfg.Codec)
 	if err != nil {
 		return s, err
 	}

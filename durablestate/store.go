@@ -9,7 +9,9 @@ import (
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
-	"github.com/natsmesh/natsmesh/internal/jskit"
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/jetstream"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Errors of the package. Match them with errors.Is.
@@ -55,8 +57,6 @@ func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
 // Headers of a stored state, besides the KV ones.
 const (
-	// HeaderCodec names the codec of the value ("json" when absent).
-	HeaderCodec = "Mesh-Codec"
 	// HeaderStateVersion is Spec.StateVersion when the state was written
 	// ("0" when absent).
 	HeaderStateVersion = "Mesh-State-Version"
@@ -64,14 +64,6 @@ const (
 	// one that did not after an unanswered attempt.
 	HeaderWriteID = "Mesh-Write-Id"
 )
-
-// Codec encodes states: Name, Marshal and Unmarshal. mesh.JSON and
-// mesh.Msgpack satisfy it. Each value records its codec's name, so the
-// codec may change: states written in JSON stay readable.
-type Codec = jskit.Codec
-
-// JSON is the default codec (encoding/json).
-var JSON Codec = jskit.JSON
 
 // Config configures a Store. The zero value of each field means its default.
 type Config struct {
@@ -82,7 +74,7 @@ type Config struct {
 	// server, 3 on a cluster.
 	Replicas int
 	// Codec encodes states (default JSON).
-	Codec Codec
+	Codec actor.Codec
 	// LoadTimeout bounds loading an entity's state on activation, and a
 	// write-behind flush outside a command. Default 30 s.
 	LoadTimeout time.Duration
@@ -103,7 +95,7 @@ func (c *Config) defaults() error {
 		c.Replicas = 1
 	}
 	if c.Codec == nil {
-		c.Codec = JSON
+		c.Codec = protocol.JSON
 	}
 	if c.LoadTimeout == 0 {
 		c.LoadTimeout = 30 * time.Second
@@ -115,7 +107,7 @@ func (c *Config) defaults() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	switch {
-	case !jskit.ValidName(c.Prefix, false):
+	case !actor.ValidName(c.Prefix):
 		return fmt.Errorf("%w: Prefix %q: want [A-Za-z0-9_-]{1,64}", ErrInvalidSpec, c.Prefix)
 	case c.Replicas < 1 || c.Replicas > 5:
 		return fmt.Errorf("%w: Replicas %d: want 1 to 5", ErrInvalidSpec, c.Replicas)
@@ -151,4 +143,4 @@ func Open(nc *nats.Conn, cfg Config) (*Store, error) {
 func (st *Store) Bucket(entityType string) string { return st.cfg.Prefix + "_state_" + entityType }
 
 // Key returns the KV key of one entity.
-func Key(id string) string { return jskit.Token(id) }
+func Key(id string) string { return jetstream.Token(id) }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/patterntest"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Each benchmark alternates this package's operation with raw JetStream
@@ -89,7 +90,7 @@ func historyOf(b *testing.B, env *env, id string, n int) {
 	for range n {
 		m := &nats.Msg{Subject: subj, Data: []byte(`{"amount":1}`), Header: nats.Header{}}
 		m.Header.Set(HeaderEventType, "Deposited")
-		m.Header.Set(HeaderCodec, "json")
+		m.Header.Set(protocol.HeaderCodec, "json")
 		if _, err := env.store.js.PublishMsgAsync(m); err != nil {
 			b.Fatal(err)
 		}

@@ -14,9 +14,9 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/faultproxy"
-	"github.com/natsmesh/natsmesh/internal/jskit"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/internal/patterntest"
+	"github.com/natsmesh/natsmesh/jetstream"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
@@ -107,7 +107,7 @@ func TestUnansweredAppendThatLanded(t *testing.T) {
 		testHookAttempt = func(attempt int, publish func() (uint64, error)) (uint64, error) {
 			seq, err := publish()
 			if attempt == 1 && err == nil {
-				return 0, fmt.Errorf("%w: simulated lost acknowledgement", jskit.ErrNoAnswer)
+				return 0, fmt.Errorf("%w: simulated lost acknowledgement", jetstream.ErrNoAnswer)
 			}
 			return seq, err
 		}

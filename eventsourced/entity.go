@@ -14,7 +14,8 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/guard"
-	"github.com/natsmesh/natsmesh/internal/jskit"
+	"github.com/natsmesh/natsmesh/jetstream"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Entity is one activation of an event-sourced entity, as its handlers see
@@ -118,8 +119,8 @@ func (e *Entity[S]) Persist(ctx context.Context, events ...any) error {
 			return e.g.Fail(fmt.Errorf("encode event %s: %w", et.name, err))
 		}
 		h := nats.Header{
-			HeaderEventType: []string{et.name},
-			HeaderCodec:     []string{codec.Name()},
+			HeaderEventType:      []string{et.name},
+			protocol.HeaderCodec: []string{codec.Name()},
 		}
 		if et.version != 1 {
 			h[HeaderEventVersion] = []string{strconv.Itoa(et.version)}
@@ -154,18 +155,18 @@ func (e *Entity[S]) applyStored(types []*EventType[S], events []any, last uint64
 var errRebuild = errors.New("state must be rebuilt from the stream")
 
 // append stores msgs after the entity's last event, on condition that it is
-// still e.seq, and returns the sequence of the last one (see jskit.Append
+// still e.seq, and returns the sequence of the last one (see jetstream.Append
 // for how an unanswered attempt is resolved). A refusal or an unknown
 // outcome makes the instance stale.
 func (e *Entity[S]) append(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
 	st := e.d.store
-	a := jskit.Append{
+	a := jetstream.Append{
 		NC: st.nc, JS: st.js, Stream: st.stream, Subject: e.subject,
 		Expected: e.seq, IDHeader: HeaderAppendID,
 		AttemptTimeout: st.cfg.AppendAttemptTimeout, Attempt: testHookAttempt,
 	}
 	last, err := a.Do(ctx, msgs)
-	var re *jskit.RefusedError
+	var re *jetstream.RefusedError
 	switch {
 	case err == nil:
 		return last, nil
@@ -178,7 +179,7 @@ func (e *Entity[S]) append(ctx context.Context, msgs []*nats.Msg) (uint64, error
 			e.self.Stop()
 		}
 		return 0, &ConflictError{Entity: e.addr.String(), Expected: re.Expected, Actual: re.Actual}
-	case errors.Is(err, jskit.ErrOutcomeUnknown):
+	case errors.Is(err, jetstream.ErrOutcomeUnknown):
 		e.g.MarkStale(ErrUnknownOutcome)
 		return 0, fmt.Errorf("%w: %s: %w", ErrUnknownOutcome, e.addr, err)
 	}
@@ -190,11 +191,11 @@ func (e *Entity[S]) append(ctx context.Context, msgs []*nats.Msg) (uint64, error
 func (e *Entity[S]) load(ctx context.Context, useSnapshot bool) error {
 	st := e.d.store
 	var last uint64
-	m, err := jskit.LeaderGet(ctx, st.nc, st.stream, jskit.GetRequest{LastBySubject: e.subject})
+	m, err := jetstream.LeaderGet(ctx, st.nc, st.stream, jetstream.GetRequest{LastBySubject: e.subject})
 	switch {
 	case err == nil:
 		last = m.Seq
-	case errors.Is(err, jskit.ErrNotFound):
+	case errors.Is(err, jetstream.ErrNotFound):
 	default:
 		return fmt.Errorf("read last event of %s: %w", e.addr, err)
 	}
@@ -211,7 +212,7 @@ func (e *Entity[S]) load(ctx context.Context, useSnapshot bool) error {
 	}
 	replayed := 0
 	if last > seq {
-		err := jskit.ReadSubject(ctx, st.nc, st.stream, e.subject, seq+1, last, func(m *jskit.Msg) error {
+		err := jetstream.ReadSubject(ctx, st.nc, st.stream, e.subject, seq+1, last, func(m *jetstream.Msg) error {
 			et, ev, err := e.d.decode(m.Header, m.Data, st.cfg.Codec)
 			if err != nil {
 				return fmt.Errorf("event at %d: %w", m.Seq, err)
@@ -236,14 +237,14 @@ func (e *Entity[S]) load(ctx context.Context, useSnapshot bool) error {
 }
 
 // Test hooks, nil outside tests. testHookLoaded hears of every rebuild;
-// testHookAttempt runs each append attempt (jskit.Append.Attempt).
+// testHookAttempt runs each append attempt (jetstream.Append.Attempt).
 var (
 	testHookLoaded  func(addr actor.Address, fromSnapshot uint64, replayed int)
 	testHookAttempt func(attempt int, publish func() (uint64, error)) (uint64, error)
 )
 
 // decode turns a stored event into its Go value, upcasting old versions.
-func (d *definition[S]) decode(h nats.Header, data []byte, codec Codec) (*EventType[S], any, error) {
+func (d *definition[S]) decode(h nats.Header, data []byte, codec actor.Codec) (*EventType[S], any, error) {
 	name := h.Get(HeaderEventType)
 	et := d.byName[name]
 	if et == nil {
@@ -269,7 +270,7 @@ func (d *definition[S]) decode(h nats.Header, data []byte, codec Codec) (*EventT
 			return nil, nil, fmt.Errorf("%w: %s: upcast from version %d: %w", ErrDecode, name, v, err)
 		}
 	}
-	codec, err := jskit.CodecFor(h.Get(HeaderCodec), codec)
+	codec, err := protocol.CodecFor(h.Get(protocol.HeaderCodec), codec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %s: %w", ErrDecode, name, err)
 	}
@@ -319,7 +320,7 @@ func (e *Entity[S]) readSnapshot(ctx context.Context, last uint64) (loadedSnapsh
 	if err := json.Unmarshal(data, &out.snapshot); err != nil {
 		return skip("corrupt", "err", err)
 	}
-	codec, err := jskit.CodecFor(out.Codec, st.cfg.Codec)
+	codec, err := protocol.CodecFor(out.Codec, st.cfg.Codec)
 	if err != nil {
 		return skip("unknown codec", "err", err)
 	}

@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"strings"
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/guard"
-	"github.com/natsmesh/natsmesh/internal/jskit"
 )
 
 // Spec describes an event-sourced entity type: its state S, the events
@@ -36,7 +36,7 @@ type EventType[S any] struct {
 	name    string
 	typ     reflect.Type
 	apply   func(S, any) S
-	decode  func(c Codec, data []byte) (any, error)
+	decode  func(c actor.Codec, data []byte) (any, error)
 	version int
 	aliases []string
 	upcasts map[int]func([]byte) ([]byte, error)
@@ -57,7 +57,7 @@ func Event[S, E any](name string, apply func(S, E) S, opts ...EventOption) Event
 		name:    name,
 		typ:     reflect.TypeFor[E](),
 		version: 1,
-		decode: func(c Codec, data []byte) (any, error) {
+		decode: func(c actor.Codec, data []byte) (any, error) {
 			var e E
 			err := c.Unmarshal(data, &e)
 			return e, err
@@ -234,8 +234,8 @@ func define[S any](store *Store, entity *actor.Entity, spec Spec[S]) (*definitio
 		}
 		d.byType[et.typ] = et
 		for _, n := range append([]string{et.name}, et.aliases...) {
-			if !jskit.ValidName(n, true) {
-				return nil, bad("event name %q: want [A-Za-z0-9_.-]{1,128}", n)
+			if !validEventName(n) {
+				return nil, bad("event name %q: want names ([A-Za-z0-9_-]{1,64}) joined by dots, 128 bytes at most", n)
 			}
 			if _, dup := d.byName[n]; dup {
 				return nil, bad("event name %q declared twice", n)
@@ -270,4 +270,18 @@ func entityName(e *actor.Entity) string {
 		return "<nil>"
 	}
 	return e.Name()
+}
+
+// validEventName reports whether n is an event name: names (actor.ValidName)
+// joined by dots, as "Deposited" or "bank.Deposited", 128 bytes at most.
+func validEventName(n string) bool {
+	if len(n) > 128 {
+		return false
+	}
+	for part := range strings.SplitSeq(n, ".") {
+		if !actor.ValidName(part) {
+			return false
+		}
+	}
+	return true
 }

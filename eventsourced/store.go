@@ -14,7 +14,9 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
-	"github.com/natsmesh/natsmesh/internal/jskit"
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/jetstream"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Headers of a stored event. Other programs (projections, tools in any
@@ -26,8 +28,6 @@ const (
 	// HeaderEventVersion is the version of the event's schema (Version),
 	// "1" when absent.
 	HeaderEventVersion = "Mesh-Event-Version"
-	// HeaderCodec names the codec of the payload ("json" when absent).
-	HeaderCodec = "Mesh-Codec"
 	// HeaderAppendID is the same on every event of one Persist call, and
 	// unique per call: it groups the events of one command, and tells an
 	// append that landed from one that did not after an unanswered attempt.
@@ -52,15 +52,6 @@ const (
 	SnapshotsObjectStore
 )
 
-// Codec encodes events and snapshot states: Name, Marshal and Unmarshal.
-// mesh.JSON and mesh.Msgpack satisfy it. Events record the codec's name, so
-// the codec of a Store can change: events written in JSON stay readable by
-// any configuration.
-type Codec = jskit.Codec
-
-// JSON is the default codec (encoding/json).
-var JSON Codec = jskit.JSON
-
 // Config configures a Store. The zero value of each field means its default.
 type Config struct {
 	// Prefix names the stream <Prefix>_events, whose subjects are
@@ -73,7 +64,7 @@ type Config struct {
 	// Snapshots chooses where snapshots are kept (default SnapshotsKV).
 	Snapshots SnapshotStorage
 	// Codec encodes new events and snapshots (default JSON).
-	Codec Codec
+	Codec actor.Codec
 	// ActivationTimeout bounds rebuilding an entity (snapshot plus replay)
 	// and writing a snapshot. Default 30 s.
 	ActivationTimeout time.Duration
@@ -95,7 +86,7 @@ func (c *Config) defaults() error {
 		c.Replicas = 1
 	}
 	if c.Codec == nil {
-		c.Codec = JSON
+		c.Codec = protocol.JSON
 	}
 	if c.ActivationTimeout == 0 {
 		c.ActivationTimeout = 30 * time.Second
@@ -107,7 +98,7 @@ func (c *Config) defaults() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	switch {
-	case !jskit.ValidName(c.Prefix, false):
+	case !actor.ValidName(c.Prefix):
 		return fmt.Errorf("%w: Prefix %q: want [A-Za-z0-9_-]{1,64}", ErrInvalidSpec, c.Prefix)
 	case c.Replicas < 1 || c.Replicas > 5:
 		return fmt.Errorf("%w: Replicas %d: want 1 to 5", ErrInvalidSpec, c.Replicas)
@@ -147,8 +138,8 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	}
 	st := &Store{nc: nc, js: js, cfg: cfg, stream: cfg.Prefix + "_events", subject: cfg.Prefix + ".events."}
 	var s natsjs.Stream
-	err = jskit.Setup(ctx, st.stream, func(ctx context.Context) (err error) {
-		s, err = js.CreateOrUpdateStream(ctx, natsjs.StreamConfig{
+	err = jetstream.Setup(ctx, "open "+st.stream, func(ctx context.Context) (err error) {
+		s, err = jetstream.EnsureStream(ctx, js, natsjs.StreamConfig{
 			Name:        st.stream,
 			Description: "natsmesh event-sourced entities: one subject per entity",
 			Subjects:    []string{st.subject + ">"},
@@ -164,7 +155,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 			// Replay reads batches from any replica (direct get) up to
 			// the last sequence the leader reported.
 			AllowDirect: true,
-		})
+		}, nil)
 		return err
 	})
 	if err != nil {
@@ -175,20 +166,20 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	switch cfg.Snapshots {
 	case SnapshotsKV:
 		var kv natsjs.KeyValue
-		err = jskit.Setup(ctx, bucket, func(ctx context.Context) (err error) {
-			kv, err = js.CreateOrUpdateKeyValue(ctx, natsjs.KeyValueConfig{
+		err = jetstream.Setup(ctx, "open "+bucket, func(ctx context.Context) (err error) {
+			kv, err = jetstream.EnsureKeyValue(ctx, js, natsjs.KeyValueConfig{
 				Bucket:      bucket,
 				Description: "natsmesh snapshots of event-sourced entities",
 				History:     1,
 				Replicas:    cfg.Replicas,
-			})
+			}, nil)
 			return err
 		})
 		st.snaps = kvSnapshots{kv}
 	case SnapshotsObjectStore:
 		var obj natsjs.ObjectStore
-		err = jskit.Setup(ctx, bucket, func(ctx context.Context) (err error) {
-			obj, err = js.CreateOrUpdateObjectStore(ctx, natsjs.ObjectStoreConfig{
+		err = jetstream.Setup(ctx, "open "+bucket, func(ctx context.Context) (err error) {
+			obj, err = jetstream.EnsureObjectStore(ctx, js, natsjs.ObjectStoreConfig{
 				Bucket:      bucket,
 				Description: "natsmesh snapshots of event-sourced entities",
 				Replicas:    cfg.Replicas,
@@ -208,10 +199,10 @@ func (st *Store) Stream() string { return st.stream }
 
 // Subject returns the subject of one entity's events.
 func (st *Store) Subject(entityType, id string) string {
-	return st.subject + entityType + "." + jskit.Token(id)
+	return st.subject + entityType + "." + jetstream.Token(id)
 }
 
-func snapshotKey(entityType, id string) string { return entityType + "." + jskit.Token(id) }
+func snapshotKey(entityType, id string) string { return entityType + "." + jetstream.Token(id) }
 
 // snapshotStore keeps the latest snapshot of each entity. Reads may be
 // stale (answered by a replica): any snapshot is a correct state for the
@@ -280,8 +271,8 @@ func (s objectSnapshots) read(ctx context.Context, key string) ([]byte, error) {
 	sum := sha256.New()
 	var next uint64 = 1
 	for range info.Chunks {
-		m, err := jskit.LeaderGet(ctx, s.nc, stream, jskit.GetRequest{Seq: next, NextBySubject: subject})
-		if errors.Is(err, jskit.ErrNotFound) {
+		m, err := jetstream.LeaderGet(ctx, s.nc, stream, jetstream.GetRequest{Seq: next, NextBySubject: subject})
+		if errors.Is(err, jetstream.ErrNotFound) {
 			return nil, fmt.Errorf("object %s: %w", key, errReplaced)
 		}
 		if err != nil {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Errors of the gateway.
@@ -197,7 +198,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve handles one request. It writes a success itself and returns the
 // error to write otherwise.
 func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, int, *errorBody) {
-	call := mesh.RawCall{Codec: mesh.CodecJSON}
+	call := mesh.RawCall{Codec: protocol.CodecJSON}
 	// The path is split before unescaping, so an escaped '/' stays in its
 	// segment. The router of net/http is not used: it cleans paths, which
 	// would turn an id of ".." into a redirect.
@@ -209,7 +210,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 	for i, dst := range []*string{&call.EntityType, &call.ID, &call.RPC} {
 		s, err := url.PathUnescape(parts[i])
 		if err != nil {
-			return call, http.StatusBadRequest, &errorBody{Code: mesh.CodeBadRequest, Message: fmt.Sprintf("path segment %d: %v", i+1, err)}
+			return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf("path segment %d: %v", i+1, err)}
 		}
 		*dst = s
 	}
@@ -218,7 +219,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 		return call, http.StatusMethodNotAllowed, &errorBody{Code: CodeMethodNotAllowed, Message: r.Method + " not allowed: entities are called with POST"}
 	}
 	if err := actor.ValidateID(call.ID); err != nil {
-		return call, http.StatusBadRequest, &errorBody{Code: mesh.CodeInvalidID, Message: err.Error()}
+		return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeInvalidID, Message: err.Error()}
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
@@ -230,7 +231,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 	if v := r.Header.Get(HeaderTimeout); v != "" {
 		ms, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || ms <= 0 {
-			return call, http.StatusBadRequest, &errorBody{Code: mesh.CodeBadRequest, Message: fmt.Sprintf("%s %q: want a positive number of milliseconds", HeaderTimeout, v)}
+			return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf("%s %q: want a positive number of milliseconds", HeaderTimeout, v)}
 		}
 		timeout = g.cfg.MaxTimeout
 		if ms < int64(g.cfg.MaxTimeout/time.Millisecond) {
@@ -240,11 +241,11 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 	persisted := g.persisted[call.EntityType+"."+call.RPC]
 	if key, ok := r.Header[http.CanonicalHeaderKey(HeaderIdempotencyKey)]; ok {
 		if !persisted {
-			return call, http.StatusBadRequest, &errorBody{Code: mesh.CodeBadRequest, Message: fmt.Sprintf(
+			return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf(
 				"%s given for %s.%s, which is not a persisted RPC: its calls are at most once and cannot be deduplicated", HeaderIdempotencyKey, call.EntityType, call.RPC)}
 		}
-		if len(key) != 1 || !validKey(key[0]) {
-			return call, http.StatusBadRequest, &errorBody{Code: mesh.CodeBadRequest, Message: fmt.Sprintf(
+		if len(key) != 1 || !validIdempotencyKey(key[0]) {
+			return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf(
 				"%s: want one value of 1 to %d printable characters", HeaderIdempotencyKey, MaxIdempotencyKey)}
 		}
 		call.MessageID = messageID(call.EntityType, call.RPC, call.ID, key[0])
@@ -262,14 +263,14 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 	payload, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.cfg.MaxBodyBytes))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return call, http.StatusRequestEntityTooLarge, &errorBody{Code: mesh.CodePayloadTooLarge, Message: fmt.Sprintf("body over %d bytes", g.cfg.MaxBodyBytes)}
+			return call, http.StatusRequestEntityTooLarge, &errorBody{Code: protocol.CodePayloadTooLarge, Message: fmt.Sprintf("body over %d bytes", g.cfg.MaxBodyBytes)}
 		}
-		return call, http.StatusBadRequest, &errorBody{Code: mesh.CodeBadRequest, Message: "read body: " + err.Error()}
+		return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: "read body: " + err.Error()}
 	}
 	// Checked here so a body that is not JSON at all gets a clear message;
 	// one of the wrong shape is refused by the runner as Malformed too.
 	if len(payload) > 0 && !json.Valid(payload) {
-		return call, http.StatusBadRequest, &errorBody{Code: mesh.CodeMalformed, Message: "body is not valid JSON"}
+		return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeMalformed, Message: "body is not valid JSON"}
 	}
 	call.Payload = payload
 
@@ -291,24 +292,24 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 
 // statusOf maps the wire error codes to HTTP statuses.
 var statusOf = map[string]int{
-	mesh.CodeFailure:         http.StatusUnprocessableEntity,
-	mesh.CodeError:           http.StatusInternalServerError,
-	mesh.CodeDefect:          http.StatusInternalServerError,
-	mesh.CodeActivation:      http.StatusInternalServerError,
-	mesh.CodeMailboxFull:     http.StatusTooManyRequests,
-	mesh.CodeUnknownEntity:   http.StatusNotFound,
-	mesh.CodeUnknownRPC:      http.StatusNotFound,
-	mesh.CodeNotImplemented:  http.StatusNotImplemented,
-	mesh.CodeMalformed:       http.StatusBadRequest,
-	mesh.CodeInvalidID:       http.StatusBadRequest,
-	mesh.CodeBadRequest:      http.StatusBadRequest,
-	mesh.CodePayloadTooLarge: http.StatusRequestEntityTooLarge,
-	mesh.CodeTimeout:         http.StatusGatewayTimeout,
-	mesh.CodeCanceled:        499, // the client went away (nginx's convention); nobody reads it
-	mesh.CodeNotServing:      http.StatusServiceUnavailable,
-	mesh.CodeShuttingDown:    http.StatusServiceUnavailable,
-	CodeShardUnavailable:     http.StatusServiceUnavailable,
-	CodeUnavailable:          http.StatusServiceUnavailable,
+	protocol.CodeFailure:         http.StatusUnprocessableEntity,
+	protocol.CodeError:           http.StatusInternalServerError,
+	protocol.CodeDefect:          http.StatusInternalServerError,
+	protocol.CodeActivation:      http.StatusInternalServerError,
+	protocol.CodeMailboxFull:     http.StatusTooManyRequests,
+	protocol.CodeUnknownEntity:   http.StatusNotFound,
+	protocol.CodeUnknownRPC:      http.StatusNotFound,
+	protocol.CodeNotImplemented:  http.StatusNotImplemented,
+	protocol.CodeMalformed:       http.StatusBadRequest,
+	protocol.CodeInvalidID:       http.StatusBadRequest,
+	protocol.CodeBadRequest:      http.StatusBadRequest,
+	protocol.CodePayloadTooLarge: http.StatusRequestEntityTooLarge,
+	protocol.CodeTimeout:         http.StatusGatewayTimeout,
+	protocol.CodeCanceled:        499, // the client went away (nginx's convention); nobody reads it
+	protocol.CodeNotServing:      http.StatusServiceUnavailable,
+	protocol.CodeShuttingDown:    http.StatusServiceUnavailable,
+	CodeShardUnavailable:         http.StatusServiceUnavailable,
+	CodeUnavailable:              http.StatusServiceUnavailable,
 }
 
 // errorResponse maps an error of CallRaw to a status and body.
@@ -322,7 +323,7 @@ func errorResponse(err error) (int, *errorBody) {
 			body.Detail = e.Detail
 		}
 	case errors.Is(err, mesh.ErrBadRequest): // a type or RPC name that is not a subject token
-		body.Code = mesh.CodeBadRequest
+		body.Code = protocol.CodeBadRequest
 	case errors.Is(err, mesh.ErrShardUnavailable):
 		// Before the deadline check: it wraps the deadline too.
 		body.Code = CodeShardUnavailable
@@ -364,10 +365,10 @@ func messageID(entityType, rpc, id, key string) string {
 	return "gw-" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// validKey reports whether an Idempotency-Key is acceptable: printable
+// validIdempotencyKey reports whether an Idempotency-Key is acceptable: printable
 // UTF-8 (it travels in NATS headers, which cannot carry control
 // characters), not too long.
-func validKey(s string) bool {
+func validIdempotencyKey(s string) bool {
 	if len(s) == 0 || len(s) > MaxIdempotencyKey || !utf8.ValidString(s) {
 		return false
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/natsmesh/natsmesh/gateway"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -200,26 +201,26 @@ func TestErrors(t *testing.T) {
 		status int
 		code   string
 	}{
-		{name: "failure", path: "/v1/Counter/f/Withdraw", body: `{"amount":100}`, status: 422, code: mesh.CodeFailure},
-		{name: "unknown entity", path: "/v1/Nope/x/Increment", body: `{}`, status: 404, code: mesh.CodeUnknownEntity},
-		{name: "unknown rpc", path: "/v1/Counter/x/Nope", body: `{}`, status: 404, code: mesh.CodeUnknownRPC},
+		{name: "failure", path: "/v1/Counter/f/Withdraw", body: `{"amount":100}`, status: 422, code: protocol.CodeFailure},
+		{name: "unknown entity", path: "/v1/Nope/x/Increment", body: `{}`, status: 404, code: protocol.CodeUnknownEntity},
+		{name: "unknown rpc", path: "/v1/Counter/x/Nope", body: `{}`, status: 404, code: protocol.CodeUnknownRPC},
 		{name: "no such route", path: "/v1/Counter/x", status: 404, code: gateway.CodeNotFound},
 		{name: "too many segments", path: "/v1/Counter/a/b/Increment", status: 404, code: gateway.CodeNotFound},
 		{name: "other version", path: "/v2/Counter/x/Increment", status: 404, code: gateway.CodeNotFound},
 		{name: "GET", method: http.MethodGet, path: "/v1/Counter/x/GetValue", status: 405, code: gateway.CodeMethodNotAllowed},
-		{name: "not JSON", path: "/v1/Counter/x/Increment", body: `amount=5`, status: 400, code: mesh.CodeMalformed},
-		{name: "wrong shape", path: "/v1/Counter/x/Increment", body: `{"amount":"five"}`, status: 400, code: mesh.CodeMalformed},
-		{name: "bad type name", path: "/v1/Coun.ter/x/Increment", body: `{}`, status: 400, code: mesh.CodeBadRequest},
-		{name: "id not UTF-8", path: "/v1/Counter/%ff/Increment", body: `{}`, status: 400, code: mesh.CodeInvalidID},
-		{name: "id too long", path: gateway.Path("Counter", strings.Repeat("x", 1025), "Increment"), body: `{}`, status: 400, code: mesh.CodeInvalidID},
-		{name: "empty id", path: "/v1/Counter//Increment", body: `{}`, status: 400, code: mesh.CodeInvalidID},
-		{name: "too large", path: "/v1/Counter/x/Increment", body: `{"amount":1,"pad":"` + strings.Repeat("x", 2000) + `"}`, status: 413, code: mesh.CodePayloadTooLarge},
+		{name: "not JSON", path: "/v1/Counter/x/Increment", body: `amount=5`, status: 400, code: protocol.CodeMalformed},
+		{name: "wrong shape", path: "/v1/Counter/x/Increment", body: `{"amount":"five"}`, status: 400, code: protocol.CodeMalformed},
+		{name: "bad type name", path: "/v1/Coun.ter/x/Increment", body: `{}`, status: 400, code: protocol.CodeBadRequest},
+		{name: "id not UTF-8", path: "/v1/Counter/%ff/Increment", body: `{}`, status: 400, code: protocol.CodeInvalidID},
+		{name: "id too long", path: gateway.Path("Counter", strings.Repeat("x", 1025), "Increment"), body: `{}`, status: 400, code: protocol.CodeInvalidID},
+		{name: "empty id", path: "/v1/Counter//Increment", body: `{}`, status: 400, code: protocol.CodeInvalidID},
+		{name: "too large", path: "/v1/Counter/x/Increment", body: `{"amount":1,"pad":"` + strings.Repeat("x", 2000) + `"}`, status: 413, code: protocol.CodePayloadTooLarge},
 		{name: "content type", path: "/v1/Counter/x/Increment", body: `{}`, header: []string{"Content-Type", "text/plain"}, status: 415, code: gateway.CodeUnsupportedMediaType},
-		{name: "bad timeout", path: "/v1/Counter/x/Increment", body: `{}`, header: []string{"Mesh-Timeout", "soon"}, status: 400, code: mesh.CodeBadRequest},
-		{name: "timeout", path: "/v1/Probe/slow/Slow", header: []string{"Mesh-Timeout", "100"}, status: 504, code: mesh.CodeTimeout},
-		{name: "defect", path: "/v1/Probe/p/Panic", body: `"boom"`, status: 500, code: mesh.CodeDefect},
-		{name: "key on volatile rpc", path: "/v1/Counter/x/Increment", body: `{}`, header: []string{"Idempotency-Key", "k1"}, status: 400, code: mesh.CodeBadRequest},
-		{name: "bad key", path: "/v1/Probe/x/Append", body: `"a"`, header: []string{"Idempotency-Key", strings.Repeat("k", 257)}, status: 400, code: mesh.CodeBadRequest},
+		{name: "bad timeout", path: "/v1/Counter/x/Increment", body: `{}`, header: []string{"Mesh-Timeout", "soon"}, status: 400, code: protocol.CodeBadRequest},
+		{name: "timeout", path: "/v1/Probe/slow/Slow", header: []string{"Mesh-Timeout", "100"}, status: 504, code: protocol.CodeTimeout},
+		{name: "defect", path: "/v1/Probe/p/Panic", body: `"boom"`, status: 500, code: protocol.CodeDefect},
+		{name: "key on volatile rpc", path: "/v1/Counter/x/Increment", body: `{}`, header: []string{"Idempotency-Key", "k1"}, status: 400, code: protocol.CodeBadRequest},
+		{name: "bad key", path: "/v1/Probe/x/Append", body: `"a"`, header: []string{"Idempotency-Key", strings.Repeat("k", 257)}, status: 400, code: protocol.CodeBadRequest},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			method := tt.method
@@ -271,7 +272,7 @@ func TestMailboxFull(t *testing.T) {
 		r = do(t, http.MethodPost, path, "", "Mesh-Timeout", "300")
 		return r.status != http.StatusGatewayTimeout
 	}, "a call refused")
-	if r.status != http.StatusTooManyRequests || r.err.Code != mesh.CodeMailboxFull || r.header.Get("Retry-After") == "" {
+	if r.status != http.StatusTooManyRequests || r.err.Code != protocol.CodeMailboxFull || r.header.Get("Retry-After") == "" {
 		t.Fatalf("call to a full mailbox = %d %s (Retry-After %q), want 429 MailboxFull", r.status, r.body, r.header.Get("Retry-After"))
 	}
 	e.probe.release <- struct{}{}

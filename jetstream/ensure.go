@@ -20,8 +20,9 @@ import (
 
 // EnsureStream returns the stream cfg.Name, creating it with cfg if it does
 // not exist. An existing stream keeps its configuration, except that the
-// subjects of cfg it lacks are added and AllowMsgTTL, AllowMsgSchedules and
-// SubjectDeleteMarkerTTL are turned on if cfg has them and it does not.
+// subjects of cfg it lacks are added and AllowMsgTTL, AllowMsgSchedules,
+// AllowAtomicPublish, AllowDirect and SubjectDeleteMarkerTTL are turned on
+// if cfg has them and it does not.
 // Mismatch, if not nil, hears about replicas or storage that differ from
 // cfg's (to log them).
 func EnsureStream(ctx context.Context, js natsjs.JetStream, cfg natsjs.StreamConfig, mismatch func(what string)) (natsjs.Stream, error) {
@@ -60,6 +61,12 @@ func EnsureStream(ctx context.Context, js natsjs.JetStream, cfg natsjs.StreamCon
 	}
 	if cfg.AllowMsgSchedules && !want.AllowMsgSchedules {
 		want.AllowMsgSchedules, changed = true, true
+	}
+	if cfg.AllowAtomicPublish && !want.AllowAtomicPublish {
+		want.AllowAtomicPublish, changed = true, true
+	}
+	if cfg.AllowDirect && !want.AllowDirect {
+		want.AllowDirect, changed = true, true
 	}
 	if cfg.SubjectDeleteMarkerTTL > 0 && want.SubjectDeleteMarkerTTL == 0 {
 		want.SubjectDeleteMarkerTTL, changed = cfg.SubjectDeleteMarkerTTL, true
@@ -105,4 +112,24 @@ func EnsureKeyValue(ctx context.Context, js natsjs.JetStream, cfg natsjs.KeyValu
 		return nil, err
 	}
 	return kv, nil
+}
+
+// EnsureObjectStore returns the object store cfg.Bucket, creating it with
+// cfg if it does not exist; an existing one keeps its configuration.
+func EnsureObjectStore(ctx context.Context, js natsjs.JetStream, cfg natsjs.ObjectStoreConfig) (natsjs.ObjectStore, error) {
+	obj, err := js.ObjectStore(ctx, cfg.Bucket)
+	if errors.Is(err, natsjs.ErrBucketNotFound) || errors.Is(err, natsjs.ErrStreamNotFound) {
+		obj, err = js.CreateObjectStore(ctx, cfg)
+		if errors.Is(err, natsjs.ErrBucketExists) || errors.Is(err, natsjs.ErrStreamNameAlreadyInUse) {
+			obj, err = js.ObjectStore(ctx, cfg.Bucket)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create object store %s: %w", cfg.Bucket, err)
+		}
+		return obj, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("object store %s: %w", cfg.Bucket, err)
+	}
+	return obj, nil
 }

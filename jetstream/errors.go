@@ -1,6 +1,10 @@
 package jetstream
 
-import "errors"
+import (
+	"errors"
+
+	natsjs "github.com/nats-io/nats.go/jetstream"
+)
 
 // Errors returned by this package. Match them with errors.Is; most are
 // wrapped with the key and the cause.
@@ -31,7 +35,27 @@ var (
 	// ErrNoLease is returned by Holder when nobody holds the key.
 	ErrNoLease = errors.New("jetstream: no lease")
 
+	// ErrNotFound is returned by LeaderGet when no message matches.
+	ErrNotFound = errors.New("jetstream: no message")
+
 	// ErrStopped is the reason a Keeper reports after Stop, Release or the
 	// cancellation of its context.
 	ErrStopped = errors.New("jetstream: keeper stopped")
 )
+
+// WrongLastSequence reports whether err is the server refusing a write
+// whose expected last sequence (Nats-Expected-Last-Subject-Sequence, a KV
+// revision, a KV create) did not match: another writer got there first,
+// or, on a replicated stream, an earlier write to the same subject is still
+// being applied. Single-replica streams answer 10071, replicated ones
+// 10164; nats.go turns both into ErrKeyExists or ErrKeyRevisionMismatch
+// for KV operations.
+func WrongLastSequence(err error) bool {
+	if errors.Is(err, natsjs.ErrKeyExists) || errors.Is(err, natsjs.ErrKeyRevisionMismatch) {
+		return true
+	}
+	var apiErr *natsjs.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequenceConstant)
+}

@@ -37,7 +37,7 @@ type LeaseConfig struct {
 }
 
 // DefaultLeaseConfig returns the defaults: bucket "leases", one replica, a
-// 35 s TTL (DESIGN.md's shardLockExpiration) and a 1 s margin.
+// 35 s TTL (the mesh's default shard lock expiration) and a 1 s margin.
 func DefaultLeaseConfig() LeaseConfig {
 	return LeaseConfig{Bucket: "leases", Replicas: 1, TTL: 35 * time.Second, Margin: time.Second}
 }
@@ -153,7 +153,7 @@ type Leases struct {
 	cfg LeaseConfig
 
 	subjPrefix string // $KV.<bucket>.
-	getSubj    string // leader-only message get on the bucket's stream
+	stream     string // the bucket's stream
 	infoSubj   string // the bucket's stream info
 
 	// newest is, per key, the revision of the newest acquisition made
@@ -223,7 +223,7 @@ func OpenLeases(ctx context.Context, js natsjs.JetStream, cfg LeaseConfig) (*Lea
 		kv:         kv,
 		cfg:        cfg,
 		subjPrefix: "$KV." + cfg.Bucket + ".",
-		getSubj:    natsjs.DefaultAPIPrefix + "STREAM.MSG.GET.KV_" + cfg.Bucket,
+		stream:     "KV_" + cfg.Bucket,
 		infoSubj:   natsjs.DefaultAPIPrefix + "STREAM.INFO.KV_" + cfg.Bucket,
 	}, nil
 }
@@ -513,7 +513,7 @@ func (ls *Leases) Remove(ctx context.Context, key string, rev uint64) error {
 	if err == nil {
 		return nil
 	}
-	if conflict(err) {
+	if WrongLastSequence(err) {
 		// Refused: either the key changed since rev (then the marker is
 		// refused too) or it has no message left.
 		m := nats.NewMsg(ls.subjPrefix + key)
@@ -649,50 +649,22 @@ func (ls *Leases) read(ctx context.Context, key string, deadline time.Time) (ent
 }
 
 func (ls *Leases) readOnce(ctx context.Context, key string) (entry, error) {
-	req, err := json.Marshal(struct {
-		LastFor string `json:"last_by_subj"`
-	}{ls.subjPrefix + key})
+	m, err := LeaderGet(ctx, ls.nc, ls.stream, GetRequest{LastBySubject: ls.subjPrefix + key})
+	if errors.Is(err, ErrNotFound) {
+		return entry{op: opAbsent}, nil
+	}
 	if err != nil {
 		return entry{}, err
 	}
-	msg, err := ls.nc.RequestWithContext(ctx, ls.getSubj, req)
-	if err != nil {
-		return entry{}, err
-	}
-	var resp struct {
-		Error   *natsjs.APIError `json:"error"`
-		Message *struct {
-			Seq     uint64    `json:"seq"`
-			Headers []byte    `json:"hdrs"`
-			Data    []byte    `json:"data"`
-			Time    time.Time `json:"time"`
-		} `json:"message"`
-	}
-	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return entry{}, fmt.Errorf("decode message get reply: %w", err)
-	}
-	if resp.Error != nil {
-		if resp.Error.ErrorCode == natsjs.JSErrCodeMessageNotFound {
-			return entry{op: opAbsent}, nil
-		}
-		return entry{}, resp.Error
-	}
-	if resp.Message == nil {
-		return entry{}, errors.New("message get reply without message")
-	}
-	e := entry{rev: resp.Message.Seq, op: opCorrupt, written: resp.Message.Time} // no headers: no TTL
-	if len(resp.Message.Headers) > 0 {
-		h, err := nats.DecodeHeadersMsg(resp.Message.Headers)
-		if err != nil {
-			return entry{}, fmt.Errorf("decode headers: %w", err)
-		}
-		e.op = headerOp(h)
-		if e.op == opPut && h.Get("Nats-TTL") == "" {
+	e := entry{rev: m.Seq, op: opCorrupt, written: m.Time} // no headers: no TTL
+	if len(m.Header) > 0 {
+		e.op = headerOp(m.Header)
+		if e.op == opPut && m.Header.Get("Nats-TTL") == "" {
 			e.op = opCorrupt
 		}
 	}
 	if e.op == opPut {
-		e.holder, e.meta = decodeValue(resp.Message.Data)
+		e.holder, e.meta = decodeValue(m.Data)
 	}
 	return e, nil
 }
@@ -727,7 +699,7 @@ func final(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if conflict(err) {
+	if WrongLastSequence(err) {
 		return nil
 	}
 	if errors.Is(err, nats.ErrConnectionClosed) {
@@ -738,18 +710,6 @@ func final(ctx context.Context, err error) error {
 		return err
 	}
 	return nil
-}
-
-// conflict reports a failed expected-revision check. Single-replica
-// streams report it as 10071, replicated ones as 10164.
-func conflict(err error) bool {
-	if errors.Is(err, natsjs.ErrKeyExists) {
-		return true
-	}
-	var apiErr *natsjs.APIError
-	return errors.As(err, &apiErr) &&
-		(apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // pause waits retryPause, less if deadline (if not zero) comes first, and

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+
 	"github.com/natsmesh/natsmesh/internal/natstest"
 )
 

@@ -14,7 +14,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// TestImports keeps the layering of DESIGN.md: jetstream imports nats.go and
+// TestImports keeps the layering of docs/design.md: jetstream imports nats.go and
 // the standard library only, and nothing of natsmesh.
 func TestImports(t *testing.T) {
 	const pkg = "github.com/natsmesh/natsmesh/jetstream"

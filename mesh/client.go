@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Client calls entities wherever they run: it computes each entity's shard
@@ -20,8 +21,8 @@ import (
 type Client struct {
 	nc         *nats.Conn
 	cfg        Config
-	subj       subjects
-	codec      Codec
+	subj       protocol.Subjects
+	codec      actor.Codec
 	codecValue []string // the codec header's value, shared by every request
 
 	subjectsMu sync.RWMutex
@@ -37,9 +38,9 @@ func NewClient(nc *nats.Conn, cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	codec, _ := CodecByName(cfg.Codec)
+	codec, _ := protocol.CodecByName(cfg.Codec)
 	return &Client{
-		nc: nc, cfg: cfg, subj: subjects{prefix: cfg.Prefix}, codec: codec,
+		nc: nc, cfg: cfg, subj: protocol.Subjects{Prefix: cfg.Prefix}, codec: codec,
 		codecValue: []string{codec.Name()},
 		subjects:   map[actor.RPCInfo][]string{},
 	}, nil
@@ -47,7 +48,7 @@ func NewClient(nc *nats.Conn, cfg Config) (*Client, error) {
 
 // Shard returns the shard of an entity.
 func (c *Client) Shard(entityType, id string) ShardID {
-	return ShardID{Group: c.cfg.groupOf(entityType), N: ShardOf(id, c.cfg.ShardsPerGroup)}
+	return ShardID{Group: c.cfg.groupOf(entityType), N: protocol.ShardOf(id, c.cfg.ShardsPerGroup)}
 }
 
 // withTimeout applies the default call timeout to a context without a
@@ -95,15 +96,15 @@ func (c *Client) fillRequest(m *nats.Msg, ctx context.Context, info actor.RPCInf
 		return fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), max)
 	}
 	m.Data = payload
-	if IDSubjectSafe(id) {
+	if protocol.IDSubjectSafe(id) {
 		// The compact form: id and codec in the subject, so a call without
 		// a deadline carries no header at all (headers cost NATS about a
 		// fifth of its request/reply throughput).
-		m.Subject = compactCall(c.callSubject(info, id), c.codecValue[0], id)
+		m.Subject = protocol.CompactCall(c.callSubject(info, id), c.codecValue[0], id)
 	} else {
 		m.Subject = c.callSubject(info, id)
-		setID(m.Header, id)
-		m.Header[HeaderCodec] = c.codecValue
+		protocol.SetID(m.Header, id)
+		m.Header[protocol.HeaderCodec] = c.codecValue
 	}
 	// Only a deadline the caller chose travels to the handler; the default
 	// CallTimeout is the client's own guard.
@@ -127,7 +128,7 @@ func putRequest(m *nats.Msg) {
 
 // callSubject returns the call subject of rpc for entity id.
 func (c *Client) callSubject(info actor.RPCInfo, id string) string {
-	n := ShardOf(id, c.cfg.ShardsPerGroup)
+	n := protocol.ShardOf(id, c.cfg.ShardsPerGroup)
 	c.subjectsMu.RLock()
 	subs := c.subjects[info]
 	c.subjectsMu.RUnlock()
@@ -136,7 +137,7 @@ func (c *Client) callSubject(info actor.RPCInfo, id string) string {
 		group := c.cfg.groupOf(entityType)
 		subs = make([]string, c.cfg.ShardsPerGroup)
 		for i := range subs {
-			subs[i] = c.subj.call(ShardID{Group: group, N: i}, entityType, info.Name())
+			subs[i] = c.subj.Call(ShardID{Group: group, N: i}, entityType, info.Name())
 		}
 		c.subjectsMu.Lock()
 		c.subjects[info] = subs
@@ -153,7 +154,7 @@ func setTimeout(ctx context.Context, h nats.Header) {
 
 func setDeadline(d time.Time, h nats.Header) {
 	ms := max(time.Until(d).Milliseconds(), 1)
-	h[HeaderTimeout] = []string{strconv.FormatInt(ms, 10)}
+	h[protocol.HeaderTimeout] = []string{strconv.FormatInt(ms, 10)}
 }
 
 // requestRetry sends req and waits for its reply, retrying with backoff
@@ -170,8 +171,8 @@ func (c *Client) requestRetry(ctx context.Context, req *nats.Msg) (*nats.Msg, er
 		reply, err := c.request(ctx, req, until)
 		switch {
 		case err == nil:
-			code := reply.Header.Get(HeaderError)
-			if !retryable(code) {
+			code := reply.Header.Get(protocol.HeaderError)
+			if !protocol.Retryable(code) {
 				return reply, nil
 			}
 			last = &Error{Code: code, Message: "runner is not serving the shard"}
@@ -199,22 +200,22 @@ func (c *Client) requestRetry(ctx context.Context, req *nats.Msg) (*nats.Msg, er
 			return nil, fmt.Errorf("%w: %s: %w (last: %v)", ErrShardUnavailable, req.Subject, context.DeadlineExceeded, last)
 		}
 		backoff = min(backoff*2, c.cfg.RetryBackoffMax)
-		if _, ok := req.Header[HeaderTimeout]; ok {
+		if _, ok := req.Header[protocol.HeaderTimeout]; ok {
 			setDeadline(until, req.Header)
 		}
 	}
 }
 
 // decodeError turns an error reply into the error the caller sees.
-func decodeError(info actor.RPCInfo, codec Codec, code string, data []byte) error {
-	body, detail, err := codec.decodeError(data)
+func decodeError(info actor.RPCInfo, codec actor.Codec, code string, data []byte) error {
+	body, detail, err := protocol.DecodeError(codec, data)
 	if err != nil {
 		return &Error{Code: code, Message: fmt.Sprintf("undecodable error body: %v", err)}
 	}
 	switch body.Code {
-	case CodeDefect:
+	case protocol.CodeDefect:
 		return &actor.Defect{Message: body.Message, Stack: body.Stack}
-	case CodeFailure:
+	case protocol.CodeFailure:
 		if info != nil {
 			for _, f := range info.Failures() {
 				if f.Code != body.Failure {
@@ -223,7 +224,7 @@ func decodeError(info actor.RPCInfo, codec Codec, code string, data []byte) erro
 				v := reflect.New(f.Type)
 				if len(detail) > 0 {
 					if err := codec.Unmarshal(detail, v.Interface()); err != nil {
-						return &Error{Code: CodeFailure, Message: fmt.Sprintf("%s: undecodable failure %s: %v", body.Message, f.Code, err)}
+						return &Error{Code: protocol.CodeFailure, Message: fmt.Sprintf("%s: undecodable failure %s: %v", body.Message, f.Code, err)}
 					}
 				}
 				if e, ok := v.Elem().Interface().(error); ok && e != nil {
@@ -235,9 +236,9 @@ func decodeError(info actor.RPCInfo, codec Codec, code string, data []byte) erro
 	return &Error{Code: body.Code, Message: body.Message}
 }
 
-func decodeReply[Resp any](info actor.RPCInfo, codec Codec, reply *nats.Msg) (Resp, error) {
+func decodeReply[Resp any](info actor.RPCInfo, codec actor.Codec, reply *nats.Msg) (Resp, error) {
 	var resp Resp
-	if code := reply.Header.Get(HeaderError); code != "" {
+	if code := reply.Header.Get(protocol.HeaderError); code != "" {
 		return resp, decodeError(info, codec, code, reply.Data)
 	}
 	if err := codec.Unmarshal(reply.Data, &resp); err != nil {
@@ -332,7 +333,7 @@ func Send[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 	if err != nil {
 		return err
 	}
-	delete(m.Header, HeaderTimeout) // nobody waits: the handler gets no deadline
+	delete(m.Header, protocol.HeaderTimeout) // nobody waits: the handler gets no deadline
 	done := c.callSent(ctx, rpc.Info().Entity().Name(), rpc.Info().Name(), m.Header)
 	if err := c.nc.PublishMsg(m); err != nil {
 		if errors.Is(err, nats.ErrMaxPayload) {

@@ -22,6 +22,7 @@ import (
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/jetstream"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 func clusterConfig() mesh.Config {
@@ -740,7 +741,7 @@ func TestClusterFencingWithRunnerLockHeld(t *testing.T) {
 	}
 	unlock := mesh.LockRunner(r)
 	defer unlock()
-	key := fmt.Sprintf("shard.default.%d", mesh.ShardOf("fenced-1", cfg.ShardsPerGroup))
+	key := fmt.Sprintf("shard.default.%d", protocol.ShardOf("fenced-1", cfg.ShardsPerGroup))
 	kv, err := js.KeyValue(ctx, cfg.Prefix+"_leases")
 	if err != nil {
 		t.Fatal(err)
@@ -845,7 +846,7 @@ func TestClusterLeaseLostDuringActivation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	shard := mesh.ShardID{Group: "default", N: mesh.ShardOf("slow-1", cfg.ShardsPerGroup)}
+	shard := mesh.ShardID{Group: "default", N: protocol.ShardOf("slow-1", cfg.ShardsPerGroup)}
 	key := fmt.Sprintf("shard.default.%d", shard.N)
 	kv, err := js.KeyValue(ctx, cfg.Prefix+"_leases")
 	if err != nil {

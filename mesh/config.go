@@ -7,6 +7,9 @@ import (
 	"time"
 
 	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Config is the mesh's configuration, shared by runners and clients; every
@@ -142,7 +145,7 @@ func (c *Config) storageType() natsjs.StorageType {
 	return natsjs.FileStorage
 }
 
-// DefaultConfig returns the defaults of DESIGN.md.
+// DefaultConfig returns the defaults of docs/design.md.
 func DefaultConfig() Config {
 	return Config{
 		Prefix:                   "mesh",
@@ -154,7 +157,7 @@ func DefaultConfig() Config {
 		CallTimeout:              10 * time.Second,
 		RetryBackoff:             5 * time.Millisecond,
 		RetryBackoffMax:          250 * time.Millisecond,
-		Codec:                    CodecMsgpack,
+		Codec:                    protocol.CodecMsgpack,
 		ExposeDefectStacks:       true,
 		StreamAckTimeout:         30 * time.Second,
 
@@ -183,7 +186,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: %s = %v: %s", ErrInvalidOption, field, v, why)
 	}
 	switch {
-	case !validToken(c.Prefix):
+	case !actor.ValidName(c.Prefix):
 		return bad("Prefix", c.Prefix, "want [A-Za-z0-9_-]{1,64}")
 	case c.ShardsPerGroup < 1 || c.ShardsPerGroup > 1<<20:
 		return bad("ShardsPerGroup", c.ShardsPerGroup, "want 1..1048576")
@@ -201,7 +204,7 @@ func (c *Config) Validate() error {
 		return bad("RetryBackoff", c.RetryBackoff, "want 0 < RetryBackoff <= RetryBackoffMax")
 	case c.StreamAckTimeout <= 0:
 		return bad("StreamAckTimeout", c.StreamAckTimeout, "must be positive")
-	case c.RunnerID != "" && !validKey(c.RunnerID):
+	case c.RunnerID != "" && !actor.ValidName(c.RunnerID):
 		return bad("RunnerID", c.RunnerID, "want [A-Za-z0-9_-]{1,64}")
 	case c.RunnerWeight < 1:
 		return bad("RunnerWeight", c.RunnerWeight, "must be at least 1")
@@ -237,12 +240,12 @@ func (c *Config) Validate() error {
 			return bad("ReplyPrefixes", p, "want a literal subject prefix, not empty, without wildcards, not a system subject")
 		}
 	}
-	if _, err := CodecByName(c.Codec); err != nil || c.Codec == "" {
+	if _, err := protocol.CodecByName(c.Codec); err != nil || c.Codec == "" {
 		return bad("Codec", c.Codec, "want msgpack or json")
 	}
 	seen := map[string]bool{}
 	for _, g := range c.ShardGroups {
-		if !validToken(g) || seen[g] {
+		if !actor.ValidName(g) || seen[g] {
 			return bad("ShardGroups", g, "want unique names [A-Za-z0-9_-]{1,64}")
 		}
 		seen[g] = true
@@ -261,19 +264,4 @@ func (c *Config) groupOf(entityType string) string {
 		return g
 	}
 	return c.ShardGroups[0]
-}
-
-func validKey(s string) bool { return validToken(s) }
-
-func validToken(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }

@@ -19,10 +19,6 @@ import (
 // Version is reported in runner registrations.
 const Version = "0.1.0"
 
-func pingSubject(prefix, runnerID string) string {
-	return prefix + "." + ProtocolVersion + ".runner." + runnerID + ".ping"
-}
-
 // coordinator is a runner's part of the cluster protocol. It keeps the
 // runner registered, serves exactly the shards that are both assigned to it
 // and whose lease it holds, hands shards off gracefully when the assignment
@@ -75,9 +71,9 @@ func newCoordinator(ctx context.Context, r *Runner) (*coordinator, error) {
 	}
 	// Retried: a runner started while its NATS cluster elects leaders (a
 	// server restarting) would otherwise exit on the first timeout.
-	sctx, cancel := setupContext(ctx)
+	sctx, cancel := jetstream.SetupContext(ctx)
 	defer cancel()
-	if err := retrySetup(sctx, "register", c.register); err != nil {
+	if err := jetstream.Setup(sctx, "register", c.register); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // DeadLetter is a persisted message that could not be handled, as stored in
@@ -45,7 +47,7 @@ func DeadLetters(ctx context.Context, nc *nats.Conn, cfg Config, from uint64, li
 	if err != nil {
 		return nil, err
 	}
-	subj := subjects{prefix: cfg.Prefix}
+	subj := protocol.Subjects{Prefix: cfg.Prefix}
 	var out []DeadLetter
 	for seq := max(from, info.State.FirstSeq, 1); seq <= info.State.LastSeq && len(out) < limit; seq++ {
 		m, err := p.dead.GetMsg(ctx, seq)
@@ -55,13 +57,13 @@ func DeadLetters(ctx context.Context, nc *nats.Conn, cfg Config, from uint64, li
 		if err != nil {
 			return nil, err
 		}
-		dl := DeadLetter{Seq: seq, Time: m.Time, Payload: m.Data, Subject: m.Header.Get(HeaderDeadSubject),
-			MsgID: m.Header.Get(HeaderMsgID), Code: m.Header.Get(HeaderDeadCode), Reason: m.Header.Get(HeaderDeadReason)}
-		dl.Attempts, _ = strconv.Atoi(m.Header.Get(HeaderAttempts))
-		if _, t, r, ok := subj.parsePersist(dl.Subject); ok {
+		dl := DeadLetter{Seq: seq, Time: m.Time, Payload: m.Data, Subject: m.Header.Get(protocol.HeaderDeadSubject),
+			MsgID: m.Header.Get(protocol.HeaderMsgID), Code: m.Header.Get(protocol.HeaderDeadCode), Reason: m.Header.Get(protocol.HeaderDeadReason)}
+		dl.Attempts, _ = strconv.Atoi(m.Header.Get(protocol.HeaderAttempts))
+		if _, t, r, ok := subj.ParsePersist(dl.Subject); ok {
 			dl.EntityType, dl.RPC = t, r
 		}
-		dl.EntityID, _ = getID(m.Header)
+		dl.EntityID, _ = protocol.GetID(m.Header)
 		out = append(out, dl)
 	}
 	return out, nil
@@ -83,17 +85,17 @@ func Redrive(ctx context.Context, nc *nats.Conn, cfg Config, seq uint64) error {
 	if err != nil {
 		return fmt.Errorf("dead letter %d: %w", seq, err)
 	}
-	subject, msgID := m.Header.Get(HeaderDeadSubject), m.Header.Get(HeaderMsgID)
+	subject, msgID := m.Header.Get(protocol.HeaderDeadSubject), m.Header.Get(protocol.HeaderMsgID)
 	if subject == "" || msgID == "" {
 		return fmt.Errorf("%w: dead letter %d lacks its subject or message id", ErrBadRequest, seq)
 	}
 	out := &nats.Msg{Subject: subject, Data: m.Data, Header: nats.Header{}}
 	for k, v := range m.Header {
-		if !strings.HasPrefix(k, "Mesh-Dead-") && k != HeaderAttempts && !strings.HasPrefix(k, "Nats-") {
+		if !strings.HasPrefix(k, "Mesh-Dead-") && k != protocol.HeaderAttempts && !strings.HasPrefix(k, "Nats-") {
 			out.Header[k] = v
 		}
 	}
-	if err := p.replies.Delete(ctx, replyKey(msgID)); err != nil && !errors.Is(err, natsjs.ErrKeyNotFound) {
+	if err := p.replies.Delete(ctx, protocol.ReplyKey(msgID)); err != nil && !errors.Is(err, natsjs.ErrKeyNotFound) {
 		return fmt.Errorf("remove stored reply of %s: %w", msgID, err)
 	}
 	// A fresh dedup id: the original id may still be in the dedup window.

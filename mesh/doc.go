@@ -43,7 +43,7 @@
 //
 // # Routing
 //
-// An entity id maps to a shard, ShardOf(id, ShardsPerGroup) = xxhash64(id) mod
+// An entity id maps to a shard, protocol.ShardOf(id, ShardsPerGroup) = xxhash64(id) mod
 // n, and each shard is a NATS subject that only its owner subscribes to. A call
 // that finds no subscriber (the shard is unowned or moving) gets NATS's "no
 // responders" at once, and the client retries with backoff until its

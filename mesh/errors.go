@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Errors of the mesh. Errors from the actor runtime (actor.ErrMailboxFull,
@@ -31,45 +32,25 @@ var (
 	ErrStreamBroken = errors.New("mesh: stream broken")
 )
 
-// Error codes on the wire (docs/protocol.md lists each with its meaning).
-const (
-	CodeMailboxFull     = "MailboxFull"
-	CodeDefect          = "Defect"
-	CodeUnknownEntity   = "UnknownEntity"
-	CodeUnknownRPC      = "UnknownRpc"
-	CodeMalformed       = "Malformed"
-	CodeInvalidID       = "InvalidId"
-	CodeNotImplemented  = "NotImplemented"
-	CodeActivation      = "Activation"
-	CodeNotServing      = "NotServing"
-	CodeShuttingDown    = "ShuttingDown"
-	CodePayloadTooLarge = "PayloadTooLarge"
-	CodeBadRequest      = "BadRequest"
-	CodeTimeout         = "Timeout"
-	CodeCanceled        = "Canceled"
-	CodeFailure         = "Failure"
-	CodeError           = "Error"
-)
-
 // codes maps each sentinel to its wire code, in matching order.
 var codes = []struct {
 	err  error
 	code string
 }{
-	{actor.ErrMailboxFull, CodeMailboxFull},
-	{actor.ErrDefect, CodeDefect},
-	{actor.ErrUnknownEntity, CodeUnknownEntity},
-	{actor.ErrUnknownRPC, CodeUnknownRPC},
-	{actor.ErrMalformed, CodeMalformed},
-	{actor.ErrInvalidID, CodeInvalidID},
-	{actor.ErrNotImplemented, CodeNotImplemented},
-	{actor.ErrActivation, CodeActivation},
-	{actor.ErrNotServing, CodeNotServing},
-	{actor.ErrShuttingDown, CodeShuttingDown},
-	{ErrPayloadTooLarge, CodePayloadTooLarge},
-	{ErrBadRequest, CodeBadRequest},
-	{context.DeadlineExceeded, CodeTimeout},
-	{context.Canceled, CodeCanceled},
+	{actor.ErrMailboxFull, protocol.CodeMailboxFull},
+	{actor.ErrDefect, protocol.CodeDefect},
+	{actor.ErrUnknownEntity, protocol.CodeUnknownEntity},
+	{actor.ErrUnknownRPC, protocol.CodeUnknownRPC},
+	{actor.ErrMalformed, protocol.CodeMalformed},
+	{actor.ErrInvalidID, protocol.CodeInvalidID},
+	{actor.ErrNotImplemented, protocol.CodeNotImplemented},
+	{actor.ErrActivation, protocol.CodeActivation},
+	{actor.ErrNotServing, protocol.CodeNotServing},
+	{actor.ErrShuttingDown, protocol.CodeShuttingDown},
+	{ErrPayloadTooLarge, protocol.CodePayloadTooLarge},
+	{ErrBadRequest, protocol.CodeBadRequest},
+	{context.DeadlineExceeded, protocol.CodeTimeout},
+	{context.Canceled, protocol.CodeCanceled},
 }
 
 // Error is an error reply from a runner. It matches the sentinel of its
@@ -77,7 +58,7 @@ var codes = []struct {
 type Error struct {
 	Code    string
 	Message string
-	// Failure names the declared failure when Code is CodeFailure and the
+	// Failure names the declared failure when Code is protocol.CodeFailure and the
 	// caller did not know the RPC's failures (CallRaw); Detail is then the
 	// failure's value, encoded in the reply's codec.
 	Failure string
@@ -96,10 +77,6 @@ func (e *Error) Is(target error) bool {
 	return false
 }
 
-// retryable reports whether a reply error means "try again, maybe
-// elsewhere": the shard is moving or its runner is stopping.
-func retryable(code string) bool { return code == CodeNotServing || code == CodeShuttingDown }
-
 // codeOf returns the wire code of a handler or runtime error.
 func codeOf(err error) string {
 	for _, c := range codes {
@@ -107,5 +84,5 @@ func codeOf(err error) string {
 			return c.code
 		}
 	}
-	return CodeError
+	return protocol.CodeError
 }

@@ -3,6 +3,8 @@ package mesh
 import (
 	"fmt"
 	"time"
+
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // LoseDeliveries makes every runner's persisted consumers drop the
@@ -56,7 +58,7 @@ func SetWallClock(r *Runner, offset time.Duration) {
 }
 
 // ReplyKey is the key of a persisted message's stored reply.
-func ReplyKey(msgID string) string { return replyKey(msgID) }
+func ReplyKey(msgID string) string { return protocol.ReplyKey(msgID) }
 
 // FailReplyLookups makes every runner's look-ups of stored replies call f
 // first and fail with the error it returns, until the returned function
@@ -68,7 +70,7 @@ func FailReplyLookups(f func(msgID string) error) (restore func()) {
 
 // ShardOfEntity is the shard of an entity for r.
 func ShardOfEntity(r *Runner, entityType, id string) ShardID {
-	return ShardID{Group: r.cfg.groupOf(entityType), N: ShardOf(id, r.cfg.ShardsPerGroup)}
+	return ShardID{Group: r.cfg.groupOf(entityType), N: protocol.ShardOf(id, r.cfg.ShardsPerGroup)}
 }
 
 // DropPersistedShard makes r's persisted consumer stop handling shard s's

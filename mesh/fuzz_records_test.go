@@ -18,6 +18,7 @@ import (
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/jetstream"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Registry records (the runners bucket) as the shard manager applies them:
@@ -106,7 +107,7 @@ func FuzzAssignmentRecord(f *testing.F) {
 		before := map[ShardID]bool{}
 		for _, g := range cfg.ShardGroups {
 			for _, n := range []int{1, 5} { // some shards wanted before the record
-				c.desired[ShardID{g, n}], before[ShardID{g, n}] = true, true
+				c.desired[ShardID{Group: g, N: n}], before[ShardID{Group: g, N: n}] = true, true
 			}
 		}
 		e := kvEntry{key: group, value: value, op: natsjs.KeyValueOp(op % 3)}
@@ -120,7 +121,7 @@ func FuzzAssignmentRecord(f *testing.F) {
 				want = without(before, group)
 				for n := 0; n < shards && n < len(a.Shards); n++ {
 					if a.Shards[n] == r.id {
-						want[ShardID{group, n}] = true
+						want[ShardID{Group: group, N: n}] = true
 					}
 				}
 			}
@@ -159,10 +160,10 @@ func FuzzStreamControl(f *testing.F) {
 		s := &streamReplier{window: 4, credit: make(chan struct{}, 1), cancel: func() { cancelled = true }, sent: sent, acked: acked}
 		m := &nats.Msg{Header: nats.Header{}}
 		if ack != "" {
-			m.Header.Set(HeaderAck, ack)
+			m.Header.Set(protocol.HeaderAck, ack)
 		}
 		if cancel != "" {
-			m.Header.Set(HeaderCancel, cancel)
+			m.Header.Set(protocol.HeaderCancel, cancel)
 		}
 		s.onControl(m)
 		if cancelled != (cancel != "") {
@@ -175,70 +176,6 @@ func FuzzStreamControl(f *testing.F) {
 			t.Fatalf("control ack %d with %d sent, %d acked: acked %d", n, sent, acked, s.acked)
 		}
 	})
-}
-
-// Route and persisted subjects parse back to what built them, with
-// dot-free type and rpc tokens.
-func FuzzParseSubjects(f *testing.F) {
-	s := subjects{prefix: "mesh"}
-	f.Add("mesh.v1.entity.Counter.Increment")
-	f.Add("mesh.v1.entity.Counter.Increment.extra")
-	f.Add("mesh.v1.persist.default.3.Ledger.Post")
-	f.Add("mesh.v1.persist.default.-3.Ledger.Post")
-	f.Add("mesh.v1.persist.default.03.Ledger.Post.x")
-	f.Add("mesh.v1.call.default.3.Ledger.Post")
-	f.Fuzz(func(t *testing.T, subject string) {
-		if typ, rpc, ok := s.parseRoute(subject); ok {
-			if s.route(typ, rpc) != subject || strings.Contains(typ, ".") || strings.Contains(rpc, ".") {
-				t.Fatalf("parseRoute(%q) = %q %q, which builds %q", subject, typ, rpc, s.route(typ, rpc))
-			}
-		}
-		if shard, typ, rpc, ok := s.parsePersist(subject); ok {
-			rebuilt := s.persist(shard, typ, rpc)
-			if shard.N < 0 || strings.Contains(typ, ".") || strings.Contains(rpc, ".") ||
-				rebuilt != subject && shardToken(strings.Replace(subject, ".persist.", ".call.", 1)) == shardToken(strings.Replace(rebuilt, ".persist.", ".call.", 1)) {
-				t.Fatalf("parsePersist(%q) = %v %q %q, which builds %q", subject, shard, typ, rpc, rebuilt)
-			}
-		}
-	})
-}
-
-// Message ids map to distinct reply keys that KV accepts, and to schedule
-// subjects of one token each.
-func FuzzReplyKey(f *testing.F) {
-	f.Add("order-1", "order-2")
-	f.Add("k.x", "x")
-	f.Add("a b", "a+b")
-	f.Add("日本", "\x00")
-	f.Fuzz(func(t *testing.T, a, b string) {
-		if a == "" {
-			return // never a message id: MessageID("") means "generate one"
-		}
-		k := replyKey(a)
-		if !validKVKey(k) {
-			t.Fatalf("replyKey(%q) = %q: not a KV key", a, k)
-		}
-		if a != b && b != "" && replyKey(b) == k {
-			t.Fatalf("replyKey(%q) = replyKey(%q) = %q", a, b, k)
-		}
-		sub := (subjects{prefix: "mesh"}).schedule(a)
-		if tok := strings.TrimPrefix(sub, "mesh.v1.sched."); tok == "" || strings.ContainsAny(tok, ".*> \t\r\n") {
-			t.Fatalf("schedule(%q) = %q: want one plain token", a, sub)
-		}
-	})
-}
-
-// validKVKey is nats.go's rule for KV keys.
-func validKVKey(k string) bool {
-	if k == "" || k[0] == '.' || k[len(k)-1] == '.' {
-		return false
-	}
-	for _, c := range k {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-/_=.", c)) {
-			return false
-		}
-	}
-	return true
 }
 
 var (
@@ -312,13 +249,13 @@ func FuzzPersistedMessage(f *testing.F) {
 			return // long ids and subjects: see test/badinput
 		}
 		m := &nats.Msg{Subject: group + tail, Data: payload, Header: nats.Header{}}
-		for k, v := range map[string]string{HeaderCodec: codec, HeaderID: id, HeaderIDBase64: idB64, HeaderMsgID: msgID, HeaderDeliverAt: deliverAt} {
+		for k, v := range map[string]string{protocol.HeaderCodec: codec, protocol.HeaderID: id, protocol.HeaderIDBase64: idB64, protocol.HeaderMsgID: msgID, protocol.HeaderDeliverAt: deliverAt} {
 			if v != "" {
 				m.Header.Set(k, v)
 			}
 		}
 		if noReply {
-			m.Header.Set(HeaderNoReply, "true")
+			m.Header.Set(protocol.HeaderNoReply, "true")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -341,11 +278,11 @@ func FuzzPersistedMessage(f *testing.F) {
 		if key == "" {
 			t.Fatalf("message %q %v without id acknowledged without a dead letter or a run", m.Subject, m.Header)
 		}
-		e, err := p.replies.Get(ctx, replyKey(key))
+		e, err := p.replies.Get(ctx, protocol.ReplyKey(key))
 		if err != nil {
 			t.Fatalf("message %q %v acknowledged, neither dead-lettered nor answered: %v", m.Subject, m.Header, err)
 		}
-		if _, _, _, err := decodeStored(e.Value()); err != nil {
+		if _, _, _, err := protocol.DecodeStored(e.Value()); err != nil {
 			t.Fatalf("stored reply of %q: %v", msgID, err)
 		}
 	})

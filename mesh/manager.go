@@ -15,6 +15,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/internal/assign"
 	"github.com/natsmesh/natsmesh/jetstream"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // ShardManager computes which runner should own each shard and publishes the
@@ -66,8 +67,8 @@ func (m *ShardManager) Run(ctx context.Context) error {
 	// cluster elects leaders (a server restarting) exited on the first
 	// timeout (chaos seed 2254528045206132035).
 	var w *jetstream.Watcher
-	sctx, cancel := setupContext(ctx)
-	err = retrySetup(sctx, "watch the leadership lease", func(context.Context) (err error) {
+	sctx, cancel := jetstream.SetupContext(ctx)
+	err = jetstream.Setup(sctx, "watch the leadership lease", func(context.Context) (err error) {
 		w, err = st.leases.Watch(ctx, managerKey) // ctx: the watch lives on
 		return err
 	})
@@ -230,7 +231,7 @@ func (t *term) resync(ctx context.Context) {
 			continue
 		}
 		delete(held, id)
-		if _, err := t.m.nc.Request(pingSubject(t.m.cfg.Prefix, id), nil, t.m.cfg.RunnerHealthCheckTimeout); err == nil {
+		if _, err := t.m.nc.Request(protocol.Subjects{Prefix: t.m.cfg.Prefix}.Ping(id), nil, t.m.cfg.RunnerHealthCheckTimeout); err == nil {
 			continue // alive: it will register again; meanwhile a suspect
 		}
 		// Gone: remove the key too, so that the registry (meshctl status)
@@ -257,7 +258,7 @@ func (t *term) resync(ctx context.Context) {
 // keeps its shards (it will register again), one that does not is dropped.
 func (t *term) checkSuspects(ctx context.Context) {
 	for id := range t.suspects {
-		_, err := t.m.nc.Request(pingSubject(t.m.cfg.Prefix, id), nil, t.m.cfg.RunnerHealthCheckTimeout)
+		_, err := t.m.nc.Request(protocol.Subjects{Prefix: t.m.cfg.Prefix}.Ping(id), nil, t.m.cfg.RunnerHealthCheckTimeout)
 		if err == nil {
 			t.m.log.Warn("runner's registration expired but it answers pings; keeping its shards", "runner", id)
 			continue

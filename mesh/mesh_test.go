@@ -14,6 +14,7 @@ import (
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 type Amount struct {
@@ -183,7 +184,7 @@ func setup(t *testing.T) *env {
 	startRunner(t, e.url, testConfig(), counterBehavior(e.hooks), busyBehavior(e.hooks))
 	e.c, e.nc = newClient(t, e.url, testConfig())
 	jcfg := testConfig()
-	jcfg.Codec = mesh.CodecJSON
+	jcfg.Codec = protocol.CodecJSON
 	e.json, _ = newClient(t, e.url, jcfg)
 	return e
 }
@@ -336,9 +337,9 @@ func TestBadRequests(t *testing.T) {
 		if err != nil {
 			t.Fatalf("request %s: %v", subject, err)
 		}
-		return reply.Header.Get(mesh.HeaderError), string(reply.Data)
+		return reply.Header.Get(protocol.HeaderError), string(reply.Data)
 	}
-	shard := func(id string) int { return mesh.ShardOf(id, cfg.ShardsPerGroup) }
+	shard := func(id string) int { return protocol.ShardOf(id, cfg.ShardsPerGroup) }
 	subj := func(id, typ, rpc string) string {
 		return fmt.Sprintf("mesh.v1.call.default.%d.%s.%s", shard(id), typ, rpc)
 	}
@@ -349,24 +350,24 @@ func TestBadRequests(t *testing.T) {
 		data    string
 		want    string
 	}{
-		{"unknown rpc", subj("a", "Counter", "Nope"), nats.Header{"Mesh-Id": {"a"}}, "", mesh.CodeUnknownRPC},
-		{"unknown type", subj("a", "Nope", "X"), nats.Header{"Mesh-Id": {"a"}}, "", mesh.CodeUnknownEntity},
-		{"malformed json", subj("a", "Counter", "Increment"), nats.Header{"Mesh-Id": {"a"}}, "{oops", mesh.CodeMalformed},
-		{"malformed msgpack", subj("a", "Counter", "Increment"), nats.Header{"Mesh-Id": {"a"}, "Mesh-Codec": {"msgpack"}}, "\xc1\xc1", mesh.CodeMalformed},
-		{"unknown codec", subj("a", "Counter", "Increment"), nats.Header{"Mesh-Id": {"a"}, "Mesh-Codec": {"xml"}}, "", mesh.CodeBadRequest},
-		{"missing id", subj("a", "Counter", "Increment"), nats.Header{}, "", mesh.CodeBadRequest},
-		{"bad base64 id", subj("a", "Counter", "Increment"), nats.Header{"Mesh-Id-B64": {"!!"}}, "", mesh.CodeBadRequest},
-		{"wrong shard", fmt.Sprintf("mesh.v1.call.default.%d.Counter.GetValue", (shard("a")+1)%cfg.ShardsPerGroup), nats.Header{"Mesh-Id": {"a"}}, "", mesh.CodeBadRequest},
-		{"bad timeout", subj("a", "Counter", "GetValue"), nats.Header{"Mesh-Id": {"a"}, "Mesh-Timeout": {"soon"}}, "", mesh.CodeBadRequest},
-		{"route: unknown rpc", "mesh.v1.entity.Counter.Nope", nats.Header{"Mesh-Id": {"a"}}, "", mesh.CodeUnknownRPC},
-		{"route: missing id", "mesh.v1.entity.Counter.GetValue", nats.Header{}, "", mesh.CodeBadRequest},
-		{"compact: unknown codec", subj("a", "Counter", "Increment") + ".xml.a", nil, "", mesh.CodeBadRequest},
-		{"compact: id header too", subj("a", "Counter", "Increment") + ".json.a", nats.Header{"Mesh-Id": {"a"}}, "", mesh.CodeBadRequest},
-		{"compact: codec header too", subj("a", "Counter", "Increment") + ".json.a", nats.Header{"Mesh-Codec": {"json"}}, "", mesh.CodeBadRequest},
-		{"compact: wrong shard", fmt.Sprintf("mesh.v1.call.default.%d.Counter.GetValue.json.a", (shard("a")+1)%cfg.ShardsPerGroup), nil, "", mesh.CodeBadRequest},
-		{"compact: missing id token", subj("a", "Counter", "Increment") + ".json", nil, "", mesh.CodeBadRequest},
-		{"compact: non-ASCII id token", subj("日本", "Counter", "Increment") + ".json.日本", nil, "", mesh.CodeBadRequest},
-		{"compact: malformed json", subj("a", "Counter", "Increment") + ".json.a", nil, "{oops", mesh.CodeMalformed},
+		{"unknown rpc", subj("a", "Counter", "Nope"), nats.Header{"Mesh-Id": {"a"}}, "", protocol.CodeUnknownRPC},
+		{"unknown type", subj("a", "Nope", "X"), nats.Header{"Mesh-Id": {"a"}}, "", protocol.CodeUnknownEntity},
+		{"malformed json", subj("a", "Counter", "Increment"), nats.Header{"Mesh-Id": {"a"}}, "{oops", protocol.CodeMalformed},
+		{"malformed msgpack", subj("a", "Counter", "Increment"), nats.Header{"Mesh-Id": {"a"}, "Mesh-Codec": {"msgpack"}}, "\xc1\xc1", protocol.CodeMalformed},
+		{"unknown codec", subj("a", "Counter", "Increment"), nats.Header{"Mesh-Id": {"a"}, "Mesh-Codec": {"xml"}}, "", protocol.CodeBadRequest},
+		{"missing id", subj("a", "Counter", "Increment"), nats.Header{}, "", protocol.CodeBadRequest},
+		{"bad base64 id", subj("a", "Counter", "Increment"), nats.Header{"Mesh-Id-B64": {"!!"}}, "", protocol.CodeBadRequest},
+		{"wrong shard", fmt.Sprintf("mesh.v1.call.default.%d.Counter.GetValue", (shard("a")+1)%cfg.ShardsPerGroup), nats.Header{"Mesh-Id": {"a"}}, "", protocol.CodeBadRequest},
+		{"bad timeout", subj("a", "Counter", "GetValue"), nats.Header{"Mesh-Id": {"a"}, "Mesh-Timeout": {"soon"}}, "", protocol.CodeBadRequest},
+		{"route: unknown rpc", "mesh.v1.entity.Counter.Nope", nats.Header{"Mesh-Id": {"a"}}, "", protocol.CodeUnknownRPC},
+		{"route: missing id", "mesh.v1.entity.Counter.GetValue", nats.Header{}, "", protocol.CodeBadRequest},
+		{"compact: unknown codec", subj("a", "Counter", "Increment") + ".xml.a", nil, "", protocol.CodeBadRequest},
+		{"compact: id header too", subj("a", "Counter", "Increment") + ".json.a", nats.Header{"Mesh-Id": {"a"}}, "", protocol.CodeBadRequest},
+		{"compact: codec header too", subj("a", "Counter", "Increment") + ".json.a", nats.Header{"Mesh-Codec": {"json"}}, "", protocol.CodeBadRequest},
+		{"compact: wrong shard", fmt.Sprintf("mesh.v1.call.default.%d.Counter.GetValue.json.a", (shard("a")+1)%cfg.ShardsPerGroup), nil, "", protocol.CodeBadRequest},
+		{"compact: missing id token", subj("a", "Counter", "Increment") + ".json", nil, "", protocol.CodeBadRequest},
+		{"compact: non-ASCII id token", subj("日本", "Counter", "Increment") + ".json.日本", nil, "", protocol.CodeBadRequest},
+		{"compact: malformed json", subj("a", "Counter", "Increment") + ".json.a", nil, "{oops", protocol.CodeMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -386,7 +387,7 @@ func TestBadRequests(t *testing.T) {
 			m.Data = []byte{0x81, 0xa6, 'a', 'm', 'o', 'u', 'n', 't', 0x02} // {"amount": 2}
 		}
 		reply, err := e.nc.RequestMsg(m, 5*time.Second)
-		if err != nil || reply.Header.Get(mesh.HeaderError) != "" {
+		if err != nil || reply.Header.Get(protocol.HeaderError) != "" {
 			t.Fatalf("compact %s call: %v %q %v", codec, err, reply.Data, reply.Header)
 		}
 	}
@@ -396,7 +397,7 @@ func TestBadRequests(t *testing.T) {
 	// A JSON caller on the route subject needs no hashing.
 	m := &nats.Msg{Subject: "mesh.v1.entity.Counter.Increment", Header: nats.Header{"Mesh-Id": {"routed.id"}}, Data: []byte(`{"amount":4}`)}
 	reply, err := e.nc.RequestMsg(m, 5*time.Second)
-	if err != nil || string(reply.Data) != "4" || reply.Header.Get(mesh.HeaderError) != "" {
+	if err != nil || string(reply.Data) != "4" || reply.Header.Get(protocol.HeaderError) != "" {
 		t.Fatalf("route call: %v %q %v", err, reply.Data, reply.Header)
 	}
 	if v, err := mesh.Call(context.Background(), e.c, GetValue, "routed.id", actor.Empty{}); err != nil || v != 4 {
@@ -554,7 +555,7 @@ func TestClientSubjectForms(t *testing.T) {
 		if tt.compact && len(m.Header) != 0 {
 			t.Errorf("id %q: compact call with headers %v", tt.id, m.Header)
 		}
-		if !tt.compact && m.Header.Get(mesh.HeaderCodec) != "msgpack" {
+		if !tt.compact && m.Header.Get(protocol.HeaderCodec) != "msgpack" {
 			t.Errorf("id %q: header form without its codec header: %v", tt.id, m.Header)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Observer hears what clients and runners do, for metrics and tracing
@@ -104,7 +105,7 @@ func replyErr(reply *nats.Msg, err error) error {
 	if err != nil || reply == nil {
 		return err
 	}
-	if code := reply.Header.Get(HeaderError); code != "" {
+	if code := reply.Header.Get(protocol.HeaderError); code != "" {
 		return &Error{Code: code, Message: "error reply"}
 	}
 	return nil

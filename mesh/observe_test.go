@@ -15,6 +15,7 @@ import (
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // recorder is an Observer that logs every event as a line and passes a
@@ -110,7 +111,7 @@ func TestObserver(t *testing.T) {
 	if _, err := mesh.Call(ctx, c, Withdraw, "b", Amount{5}); err == nil {
 		t.Fatal("Withdraw from an empty counter succeeded")
 	}
-	if _, err := c.CallRaw(ctx, mesh.RawCall{EntityType: "Counter", ID: "b", RPC: "Nope", Codec: mesh.CodecJSON}); !errors.Is(err, actor.ErrUnknownRPC) {
+	if _, err := c.CallRaw(ctx, mesh.RawCall{EntityType: "Counter", ID: "b", RPC: "Nope", Codec: protocol.CodecJSON}); !errors.Is(err, actor.ErrUnknownRPC) {
 		t.Fatalf("unknown rpc: %v", err)
 	}
 	if _, err := mesh.Call(ctx, c, Post, "acct", 1); err != nil {

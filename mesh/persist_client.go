@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // CallOption configures one Call or Send.
@@ -25,10 +26,6 @@ type callOptions struct {
 // earlier than t (a restart of every runner in between delays it no more
 // than the restart). Volatile RPCs ignore it.
 func DeliverAt(t time.Time) CallOption { return func(o *callOptions) { o.deliverAt = t } }
-
-// MaxMessageIDLen bounds a persisted message's id (bytes): its reply's key
-// and the subjects built from it must stay within the server's limits.
-const MaxMessageIDLen = 512
 
 // MessageID gives a persisted message its id, an idempotency key: sending
 // the same id again stores it once (within the dedup window) and is answered
@@ -78,21 +75,21 @@ func (c *Client) publishPersisted(ctx context.Context, entityType, rpc string, c
 	if msgID == "" {
 		msgID = nuid.Next()
 	}
-	if len(msgID) > MaxMessageIDLen {
-		return "", false, fmt.Errorf("%w: message id of %d bytes, limit %d", ErrInvalidOption, len(msgID), MaxMessageIDLen)
+	if len(msgID) > protocol.MaxMessageIDLen {
+		return "", false, fmt.Errorf("%w: message id of %d bytes, limit %d", ErrInvalidOption, len(msgID), protocol.MaxMessageIDLen)
 	}
-	target := c.subj.persist(c.Shard(entityType, id), entityType, rpc)
+	target := c.subj.Persist(c.Shard(entityType, id), entityType, rpc)
 	m := &nats.Msg{Subject: target, Data: payload, Header: make(nats.Header, 4+len(extra))}
 	for k, v := range extra {
 		m.Header[k] = v
 	}
-	setID(m.Header, id)
-	m.Header[HeaderCodec] = codec
-	m.Header[HeaderMsgID] = []string{msgID}
+	protocol.SetID(m.Header, id)
+	m.Header[protocol.HeaderCodec] = codec
+	m.Header[protocol.HeaderMsgID] = []string{msgID}
 	if replyTo != "" {
-		m.Header[HeaderReplyTo] = []string{replyTo}
+		m.Header[protocol.HeaderReplyTo] = []string{replyTo}
 	} else if o.msgID == "" {
-		m.Header[HeaderNoReply] = []string{"true"}
+		m.Header[protocol.HeaderNoReply] = []string{"true"}
 	}
 	if !o.deliverAt.IsZero() && time.Until(o.deliverAt) > 0 {
 		// A schedule in the stream: the server publishes the message to
@@ -103,10 +100,10 @@ func (c *Client) publishPersisted(ctx context.Context, entityType, rpc string, c
 		if fire.Before(o.deliverAt) {
 			fire = fire.Add(time.Second)
 		}
-		m.Subject = c.subj.schedule(msgID)
+		m.Subject = c.subj.Schedule(msgID)
 		m.Header["Nats-Schedule"] = []string{"@at " + fire.Format(time.RFC3339)}
 		m.Header["Nats-Schedule-Target"] = []string{target}
-		m.Header[HeaderDeliverAt] = []string{o.deliverAt.UTC().Format(time.RFC3339Nano)}
+		m.Header[protocol.HeaderDeliverAt] = []string{o.deliverAt.UTC().Format(time.RFC3339Nano)}
 	}
 	ack, err := p.js.PublishMsg(ctx, m, natsjs.WithMsgID(msgID))
 	if err != nil {
@@ -144,8 +141,8 @@ func (c *Client) callPersisted(ctx context.Context, entityType, rpc string, code
 // reading the reply bucket now and then (a reply published while nobody
 // listened is still stored).
 func (c *Client) awaitStored(ctx context.Context, msgID string, replies <-chan *nats.Msg) (*nats.Msg, error) {
-	if msgID == "" || len(msgID) > MaxMessageIDLen {
-		return nil, fmt.Errorf("%w: message id of %d bytes, want 1 to %d", ErrInvalidOption, len(msgID), MaxMessageIDLen)
+	if msgID == "" || len(msgID) > protocol.MaxMessageIDLen {
+		return nil, fmt.Errorf("%w: message id of %d bytes, want 1 to %d", ErrInvalidOption, len(msgID), protocol.MaxMessageIDLen)
 	}
 	p, err := c.persistence(ctx)
 	if err != nil {
@@ -159,15 +156,15 @@ func (c *Client) awaitStored(ctx context.Context, msgID string, replies <-chan *
 		case m := <-replies:
 			return m, nil
 		case <-poll.C:
-			e, err := p.replies.Get(ctx, replyKey(msgID))
+			e, err := p.replies.Get(ctx, protocol.ReplyKey(msgID))
 			if err == nil {
-				_, code, body, derr := decodeStored(e.Value())
+				_, code, body, derr := protocol.DecodeStored(e.Value())
 				if derr != nil {
 					return nil, fmt.Errorf("%w: stored reply of %s: %w", actor.ErrMalformed, msgID, derr)
 				}
-				m := &nats.Msg{Data: body, Header: nats.Header{HeaderMsgID: []string{msgID}}}
+				m := &nats.Msg{Data: body, Header: nats.Header{protocol.HeaderMsgID: []string{msgID}}}
 				if code != "" {
-					m.Header[HeaderError] = []string{code}
+					m.Header[protocol.HeaderError] = []string{code}
 				}
 				return m, nil
 			}
@@ -199,4 +196,4 @@ func Reply[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Res
 
 // replyCodec is the codec of a reply: the client's own (runners answer in
 // the codec they were asked in).
-func (c *Client) replyCodec(*nats.Msg) Codec { return c.codec }
+func (c *Client) replyCodec(*nats.Msg) actor.Codec { return c.codec }

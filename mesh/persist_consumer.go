@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // One durable consumer per runner, not per shard. The server checks every
@@ -67,7 +68,7 @@ var takeShardsListed atomic.Pointer[func()]
 // doneMemory bounds how many handled-and-acknowledged stream sequences a
 // runner remembers, to recognize a redelivery whose ack was lost (or had not
 // reached the server when the consumer was rebuilt). A redelivery beyond it
-// is answered from the reply store, or (for HeaderNoReply messages) handled
+// is answered from the reply store, or (for Mesh-No-Reply messages) handled
 // again: delivery is at least once.
 const doneMemory = 8192
 
@@ -135,20 +136,20 @@ type pmsg struct {
 	shard      ShardID
 	addr       actor.Address
 	rpc        string
-	codec      Codec
+	codec      actor.Codec
 	msgID      string
 	replyTo    string
 	attempts   int
 	deadReason error
 	due        time.Time // local (monotonic) time to hold it until; zero: none
-	noReply    bool      // HeaderNoReply: neither look up nor store a reply
+	noReply    bool      // Mesh-No-Reply: neither look up nor store a reply
 	stored     []byte    // the handler's answer, once its store failed: only the store is retried
 	running    bool
 }
 
 func newPersistConsumer(r *Runner, p *persistence) *persistConsumer {
 	name := "runner-" + r.id
-	if !validToken(r.id) || strings.ContainsAny(r.id, `/\`) || len(name) > 200 {
+	if !actor.ValidName(r.id) || strings.ContainsAny(r.id, `/\`) || len(name) > 200 {
 		name = "runner-" + nuid.Next() // a runner id unfit for a consumer name
 	}
 	pc := &persistConsumer{
@@ -432,12 +433,12 @@ func (pc *persistConsumer) filtersLocked() []string {
 	var filters []string
 	for s := range pc.want {
 		if perGroup[s.Group] < pc.r.cfg.ShardsPerGroup {
-			filters = append(filters, pc.r.subj.persistShard(s))
+			filters = append(filters, pc.r.subj.PersistShard(s))
 		}
 	}
 	for g, n := range perGroup {
 		if n >= pc.r.cfg.ShardsPerGroup {
-			filters = append(filters, pc.r.subj.persistGroup(g))
+			filters = append(filters, pc.r.subj.PersistGroup(g))
 		}
 	}
 	slices.Sort(filters)
@@ -656,16 +657,16 @@ func (pc *persistConsumer) parse(m natsjs.Msg, seq uint64, attempts int, stored 
 	r := pc.r
 	pm := &pmsg{m: m, seq: seq, attempts: attempts}
 	h := m.Headers()
-	if v := h.Get(HeaderDeliverAt); v != "" {
+	if v := h.Get(protocol.HeaderDeliverAt); v != "" {
 		if at, err := time.Parse(time.RFC3339Nano, v); err == nil {
 			pm.due = holdUntil(at, stored, r.wallNow())
 		}
 	}
-	shard, entityType, rpc, ok := r.subj.parsePersist(m.Subject())
-	codec, cerr := CodecByName(h.Get(HeaderCodec))
-	id, iderr := getID(h)
-	pm.msgID, pm.replyTo = h.Get(HeaderMsgID), h.Get(HeaderReplyTo)
-	pm.noReply = h.Get(HeaderNoReply) == "true"
+	shard, entityType, rpc, ok := r.subj.ParsePersist(m.Subject())
+	codec, cerr := protocol.CodecByName(h.Get(protocol.HeaderCodec))
+	id, iderr := protocol.GetID(h)
+	pm.msgID, pm.replyTo = h.Get(protocol.HeaderMsgID), h.Get(protocol.HeaderReplyTo)
+	pm.noReply = h.Get(protocol.HeaderNoReply) == "true"
 	if pm.replyTo != "" && !r.replyAllowed(pm.replyTo) {
 		// Handled and stored, but not published where the sender said:
 		// the runner's permissions must not serve a forged destination.
@@ -676,7 +677,7 @@ func (pc *persistConsumer) parse(m natsjs.Msg, seq uint64, attempts int, stored 
 		pm.msgID = h.Get("Nats-Msg-Id")
 	}
 	if codec == nil {
-		codec = JSON
+		codec = protocol.JSON
 	}
 	pm.codec, pm.shard, pm.addr, pm.rpc = codec, shard, actor.Address{Type: entityType, ID: id}, rpc
 	switch {
@@ -687,13 +688,13 @@ func (pc *persistConsumer) parse(m natsjs.Msg, seq uint64, attempts int, stored 
 	case iderr != nil:
 		pm.deadReason = fmt.Errorf("%w: %w", ErrBadRequest, iderr)
 	case pm.msgID == "":
-		pm.deadReason = fmt.Errorf("%w: no %s or Nats-Msg-Id", ErrBadRequest, HeaderMsgID)
-	case len(pm.msgID) > MaxMessageIDLen:
-		pm.deadReason = fmt.Errorf("%w: message id of %d bytes, limit %d", ErrBadRequest, len(pm.msgID), MaxMessageIDLen)
+		pm.deadReason = fmt.Errorf("%w: no %s or Nats-Msg-Id", ErrBadRequest, protocol.HeaderMsgID)
+	case len(pm.msgID) > protocol.MaxMessageIDLen:
+		pm.deadReason = fmt.Errorf("%w: message id of %d bytes, limit %d", ErrBadRequest, len(pm.msgID), protocol.MaxMessageIDLen)
 	default:
 		if err := actor.ValidateID(id); err != nil {
 			pm.deadReason = err
-		} else if g := r.cfg.groupOf(entityType); g != shard.Group || ShardOf(id, r.cfg.ShardsPerGroup) != shard.N {
+		} else if g := r.cfg.groupOf(entityType); g != shard.Group || protocol.ShardOf(id, r.cfg.ShardsPerGroup) != shard.N {
 			pm.deadReason = fmt.Errorf("%w: entity %s/%s is not in shard %s", ErrBadRequest, entityType, id, shard)
 		}
 	}
@@ -763,7 +764,7 @@ func (pc *persistConsumer) process(pm *pmsg) {
 			err = (*f)(pm.msgID)
 		}
 		if err == nil {
-			e, err = pc.p.replies.Get(ctx, replyKey(pm.msgID))
+			e, err = pc.p.replies.Get(ctx, protocol.ReplyKey(pm.msgID))
 		}
 		cancel()
 		if err == nil {
@@ -871,10 +872,10 @@ func (p *persistReplier) settle(payload []byte, err error) {
 		code = codeOf(err)
 	}
 	switch code {
-	case CodeNotServing, CodeShuttingDown:
+	case protocol.CodeNotServing, protocol.CodeShuttingDown:
 		pc.finish(pm, false) // not run: the shard's next owner gets it again
 		return
-	case CodeDefect, CodeActivation, CodeMailboxFull, CodeTimeout, CodeCanceled:
+	case protocol.CodeDefect, protocol.CodeActivation, protocol.CodeMailboxFull, protocol.CodeTimeout, protocol.CodeCanceled:
 		pm.attempts++
 		if pm.attempts >= pc.r.cfg.PersistMaxAttempts {
 			pc.deadLetter(pm, fmt.Errorf("after %d attempts: %w", pm.attempts, err))
@@ -882,7 +883,7 @@ func (p *persistReplier) settle(payload []byte, err error) {
 		}
 		pc.retryLater(pm, err)
 		return
-	case CodeUnknownEntity, CodeUnknownRPC, CodeMalformed, CodeInvalidID, CodeNotImplemented, CodeBadRequest, CodePayloadTooLarge:
+	case protocol.CodeUnknownEntity, protocol.CodeUnknownRPC, protocol.CodeMalformed, protocol.CodeInvalidID, protocol.CodeNotImplemented, protocol.CodeBadRequest, protocol.CodePayloadTooLarge:
 		pc.deadLetter(pm, err)
 		return
 	}
@@ -893,17 +894,17 @@ func (p *persistReplier) settle(payload []byte, err error) {
 	}
 	var stored []byte
 	if err == nil {
-		stored = encodeStored(pm.codec, "", payload)
+		stored = protocol.EncodeStored(pm.codec, "", payload)
 	} else {
 		info := pc.r.rpcInfo(pm.addr.Type, pm.rpc)
 		em := errorMsg("", pm.codec, info, err, pc.r.cfg.ExposeDefectStacks)
-		stored = encodeStored(pm.codec, em.Header.Get(HeaderError), em.Data)
+		stored = protocol.EncodeStored(pm.codec, em.Header.Get(protocol.HeaderError), em.Data)
 	}
 	// A reply the server would refuse to store (or publish) is answered
 	// with PayloadTooLarge: retrying could never store it.
 	if max := pc.r.nc.MaxPayload(); max > 0 && int64(len(stored))+1024 > max {
 		em := errorMsg("", pm.codec, nil, fmt.Errorf("%w: reply of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), max-1024), false)
-		stored = encodeStored(pm.codec, em.Header.Get(HeaderError), em.Data)
+		stored = protocol.EncodeStored(pm.codec, em.Header.Get(protocol.HeaderError), em.Data)
 	}
 	pc.storeAndFinish(pm, stored)
 }
@@ -938,7 +939,7 @@ func (pc *persistConsumer) storeAndFinish(pm *pmsg, stored []byte) {
 func (pc *persistConsumer) store(pm *pmsg, stored []byte) ([]byte, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), pc.r.cfg.CallTimeout)
 	defer cancel()
-	key := replyKey(pm.msgID)
+	key := protocol.ReplyKey(pm.msgID)
 	_, err := pc.p.replies.Create(ctx, key, stored)
 	if errors.Is(err, natsjs.ErrKeyExists) {
 		var e natsjs.KeyValueEntry
@@ -959,14 +960,14 @@ func (pc *persistConsumer) publishStored(pm *pmsg, stored []byte) {
 	if pm.replyTo == "" {
 		return
 	}
-	_, code, body, err := decodeStored(stored)
+	_, code, body, err := protocol.DecodeStored(stored)
 	if err != nil {
 		pc.r.log.Warn("corrupt stored reply", "msg", pm.msgID, "entity", pm.addr.String(), "shard", pm.shard.String(), "err", err)
 		return
 	}
-	h := nats.Header{HeaderMsgID: []string{pm.msgID}}
+	h := nats.Header{protocol.HeaderMsgID: []string{pm.msgID}}
 	if code != "" {
-		h[HeaderError] = []string{code}
+		h[protocol.HeaderError] = []string{code}
 	}
 	pc.r.replies.publish(pm.replyTo, body, h)
 }
@@ -994,17 +995,17 @@ func (pc *persistConsumer) deadLetter(pm *pmsg, reason error) {
 		shard = ShardID{Group: r.cfg.ShardGroups[0]}
 	}
 	m := pc.msgOf(pm)
-	dm := &nats.Msg{Subject: r.subj.dead(shard), Data: m.Data(), Header: nats.Header{}}
+	dm := &nats.Msg{Subject: r.subj.Dead(shard), Data: m.Data(), Header: nats.Header{}}
 	for k, v := range m.Headers() {
 		if k != "Nats-Msg-Id" && !strings.HasPrefix(k, "Nats-") {
 			dm.Header[k] = v
 		}
 	}
-	dm.Header[HeaderMsgID] = []string{pm.msgID}
-	dm.Header[HeaderDeadReason] = []string{strings.ReplaceAll(reason.Error(), "\n", " ")}
-	dm.Header[HeaderDeadCode] = []string{code}
-	dm.Header[HeaderDeadSubject] = []string{m.Subject()}
-	dm.Header[HeaderAttempts] = []string{strconv.Itoa(pm.attempts)}
+	dm.Header[protocol.HeaderMsgID] = []string{pm.msgID}
+	dm.Header[protocol.HeaderDeadReason] = []string{strings.ReplaceAll(reason.Error(), "\n", " ")}
+	dm.Header[protocol.HeaderDeadCode] = []string{code}
+	dm.Header[protocol.HeaderDeadSubject] = []string{m.Subject()}
+	dm.Header[protocol.HeaderAttempts] = []string{strconv.Itoa(pm.attempts)}
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.CallTimeout)
 	defer cancel()
 	if _, err := pc.p.js.PublishMsg(ctx, dm); err != nil {
@@ -1016,9 +1017,9 @@ func (pc *persistConsumer) deadLetter(pm *pmsg, reason error) {
 	if o := r.cfg.Observer; o != nil {
 		o.DeadLettered(pm.addr, pm.rpc, code)
 	}
-	if !pm.noReply && pm.msgID != "" && len(pm.msgID) <= MaxMessageIDLen { // a reply needs a key
+	if !pm.noReply && pm.msgID != "" && len(pm.msgID) <= protocol.MaxMessageIDLen { // a reply needs a key
 		em := errorMsg("", pm.codec, nil, reason, r.cfg.ExposeDefectStacks)
-		stored := encodeStored(pm.codec, em.Header.Get(HeaderError), em.Data)
+		stored := protocol.EncodeStored(pm.codec, em.Header.Get(protocol.HeaderError), em.Data)
 		if final, ok := pc.store(pm, stored); ok {
 			stored = final
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 var (
@@ -148,7 +149,7 @@ func TestPersistedCallSendReply(t *testing.T) {
 	}
 	// JSON callers share ids and replies with msgpack ones.
 	jcfg := persistConfig()
-	jcfg.Codec = mesh.CodecJSON
+	jcfg.Codec = protocol.CodecJSON
 	jc, _ := newClient(t, s.ClientURL(), jcfg)
 	if n, err := mesh.Call(ctx, jc, Post, "acct", 30, mesh.MessageID("id with spaces/and:odd*chars")); err != nil || n != 3 {
 		t.Fatalf("JSON Call = %d, %v", n, err)
@@ -158,7 +159,7 @@ func TestPersistedCallSendReply(t *testing.T) {
 	}
 	// A raw persisted call (the gateway's path) with an idempotency key:
 	// handled once, the retry gets the stored reply.
-	raw := mesh.RawCall{EntityType: "Ledger", ID: "acct", RPC: "Post", Codec: mesh.CodecJSON, Payload: []byte("40"), Persisted: true, MessageID: "raw-40"}
+	raw := mesh.RawCall{EntityType: "Ledger", ID: "acct", RPC: "Post", Codec: protocol.CodecJSON, Payload: []byte("40"), Persisted: true, MessageID: "raw-40"}
 	for range 2 {
 		if got, err := c.CallRaw(ctx, raw); err != nil || string(got) != "4" {
 			t.Fatalf("CallRaw persisted = %q, %v", got, err)
@@ -271,7 +272,7 @@ func TestPersistedRetryAndDeadLetter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Header.Get(mesh.HeaderDeadCode) != mesh.CodeDefect || m.Header.Get(mesh.HeaderAttempts) != "3" {
+	if m.Header.Get(protocol.HeaderDeadCode) != protocol.CodeDefect || m.Header.Get(protocol.HeaderAttempts) != "3" {
 		t.Fatalf("dead letter headers %v", m.Header)
 	}
 }
@@ -373,7 +374,7 @@ func TestDeadLetterRedrive(t *testing.T) {
 		t.Fatalf("DeadLetters = %+v, %v", dls, err)
 	}
 	dl := dls[0]
-	if dl.MsgID != "shaky-5" || dl.EntityType != "Ledger" || dl.EntityID != "d" || dl.RPC != "Shaky" || dl.Code != mesh.CodeDefect || dl.Attempts != 3 {
+	if dl.MsgID != "shaky-5" || dl.EntityType != "Ledger" || dl.EntityID != "d" || dl.RPC != "Shaky" || dl.Code != protocol.CodeDefect || dl.Attempts != 3 {
 		t.Fatalf("dead letter = %+v", dl)
 	}
 	// Two more failures happen on re-drive, then it succeeds (the 6th run).
@@ -399,7 +400,7 @@ func TestPersistedBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	js, _ := nc.JetStream()
-	shard := mesh.ShardOf("bad", cfg.ShardsPerGroup)
+	shard := protocol.ShardOf("bad", cfg.ShardsPerGroup)
 	pub := func(subject string, hdr nats.Header, data string) {
 		t.Helper()
 		m := &nats.Msg{Subject: subject, Header: hdr, Data: []byte(data)}
@@ -412,7 +413,7 @@ func TestPersistedBadInput(t *testing.T) {
 	pub(subj+"Nope", nats.Header{"Mesh-Id": {"bad"}, "Mesh-Msg-Id": {"m2"}}, "1")
 	pub(subj+"Post", nats.Header{"Mesh-Msg-Id": {"m3"}}, "1")
 	pub(subj+"Post", nats.Header{"Mesh-Id": {"bad"}, "Mesh-Msg-Id": {"m4"}, "Mesh-Codec": {"xml"}}, "1")
-	want := map[string]string{"m1": mesh.CodeMalformed, "m2": mesh.CodeUnknownRPC, "m3": mesh.CodeBadRequest, "m4": mesh.CodeBadRequest}
+	want := map[string]string{"m1": protocol.CodeMalformed, "m2": protocol.CodeUnknownRPC, "m3": protocol.CodeBadRequest, "m4": protocol.CodeBadRequest}
 	var dls []mesh.DeadLetter
 	natstest.WaitFor(t, 10*time.Second, func() bool {
 		dls, _ = mesh.DeadLetters(ctx, nc, cfg, 0, 10)

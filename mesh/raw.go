@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // RawCall is one call whose payload is already encoded, for gateways and
@@ -17,7 +18,7 @@ type RawCall struct {
 	EntityType string
 	ID         string
 	RPC        string
-	// Codec names the payload's codec (CodecJSON or CodecMsgpack); the
+	// Codec names the payload's codec (protocol.CodecJSON or protocol.CodecMsgpack); the
 	// reply comes in the same codec. Empty means the client's codec.
 	Codec   string
 	Payload []byte
@@ -33,8 +34,8 @@ type RawCall struct {
 // routing, retries and timeouts as Call, and returns the encoded reply.
 //
 // Errors: an error reply from the runner is a *Error with its wire code;
-// for a declared failure Code is CodeFailure, Failure its name and Detail
-// its encoded value; a defect is Code CodeDefect. Otherwise as Call:
+// for a declared failure Code is protocol.CodeFailure, Failure its name and Detail
+// its encoded value; a defect is Code protocol.CodeDefect. Otherwise as Call:
 // ErrShardUnavailable, ErrPayloadTooLarge, ErrInvalidOption for an unknown
 // codec, actor.ErrInvalidID, or ctx's error.
 func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
@@ -42,12 +43,12 @@ func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
 	codecValue := c.codecValue
 	if call.Codec != "" && call.Codec != codec.Name() {
 		var err error
-		if codec, err = CodecByName(call.Codec); err != nil {
-			return nil, err
+		if codec, err = protocol.CodecByName(call.Codec); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
 		}
 		codecValue = []string{codec.Name()}
 	}
-	if !validToken(call.EntityType) || !validToken(call.RPC) {
+	if !actor.ValidName(call.EntityType) || !actor.ValidName(call.RPC) {
 		return nil, fmt.Errorf("%w: entity type %q and rpc %q must be non-empty subject tokens", ErrBadRequest, call.EntityType, call.RPC)
 	}
 	ctx, cancel := c.withTimeout(ctx)
@@ -67,12 +68,12 @@ func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
 			return nil, fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(call.Payload), max)
 		}
 		m := &nats.Msg{
-			Subject: c.subj.call(c.Shard(call.EntityType, call.ID), call.EntityType, call.RPC),
+			Subject: c.subj.Call(c.Shard(call.EntityType, call.ID), call.EntityType, call.RPC),
 			Data:    call.Payload,
 			Header:  make(nats.Header, 3),
 		}
-		setID(m.Header, call.ID)
-		m.Header[HeaderCodec] = codecValue
+		protocol.SetID(m.Header, call.ID)
+		m.Header[protocol.HeaderCodec] = codecValue
 		setTimeout(ctx, m.Header)
 		done := c.callSent(ctx, call.EntityType, call.RPC, m.Header)
 		var err error
@@ -82,7 +83,7 @@ func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
 			return nil, err
 		}
 	}
-	if code := reply.Header.Get(HeaderError); code != "" {
+	if code := reply.Header.Get(protocol.HeaderError); code != "" {
 		return nil, decodeRawError(codec, code, reply.Data)
 	}
 	return reply.Data, nil
@@ -90,8 +91,8 @@ func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
 
 // decodeRawError turns an error reply into a *Error, keeping a declared
 // failure's name and encoded value.
-func decodeRawError(codec Codec, code string, data []byte) error {
-	body, detail, err := codec.decodeError(data)
+func decodeRawError(codec actor.Codec, code string, data []byte) error {
+	body, detail, err := protocol.DecodeError(codec, data)
 	if err != nil {
 		return &Error{Code: code, Message: fmt.Sprintf("undecodable error body: %v", err)}
 	}
@@ -106,8 +107,8 @@ func decodeRawError(codec Codec, code string, data []byte) error {
 }
 
 // RemoteCode returns the wire code that err stands for (the code of a
-// *Error, CodeDefect for a *actor.Defect, CodeNotServing for
-// ErrShardUnavailable, CodeTimeout for a deadline, ...), or "" for other
+// *Error, protocol.CodeDefect for a *actor.Defect, protocol.CodeNotServing for
+// ErrShardUnavailable, protocol.CodeTimeout for a deadline, ...), or "" for other
 // errors, such as a declared failure already decoded into its Go type.
 func RemoteCode(err error) string {
 	var e *Error
@@ -117,28 +118,28 @@ func RemoteCode(err error) string {
 	case err == nil:
 		return ""
 	case errors.As(err, &f):
-		return CodeFailure
+		return protocol.CodeFailure
 	case errors.As(err, &e):
 		return e.Code
 	case errors.As(err, &d):
-		return CodeDefect
+		return protocol.CodeDefect
 	case errors.Is(err, ErrShardUnavailable):
-		return CodeNotServing
+		return protocol.CodeNotServing
 	case errors.Is(err, ErrPayloadTooLarge):
-		return CodePayloadTooLarge
+		return protocol.CodePayloadTooLarge
 	case errors.Is(err, actor.ErrInvalidID):
-		return CodeInvalidID
+		return protocol.CodeInvalidID
 	case errors.Is(err, context.DeadlineExceeded):
-		return CodeTimeout
+		return protocol.CodeTimeout
 	case errors.Is(err, context.Canceled):
-		return CodeCanceled
+		return protocol.CodeCanceled
 	}
 	return ""
 }
 
 // CodeOf returns the wire code of an outcome as an Observer sees it: ""
 // for nil, the code RemoteCode finds, the code of an actor error
-// (CodeMailboxFull, ...), or CodeError for any other error.
+// (protocol.CodeMailboxFull, ...), or protocol.CodeError for any other error.
 func CodeOf(err error) string {
 	if err == nil {
 		return ""

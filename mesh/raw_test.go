@@ -11,6 +11,7 @@ import (
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 func TestCallRaw(t *testing.T) {
@@ -24,13 +25,13 @@ func TestCallRaw(t *testing.T) {
 		code    string
 		failure string
 	}{
-		{name: "json", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Increment", Codec: mesh.CodecJSON, Payload: []byte(`{"amount":5}`)}, want: "5"},
-		{name: "json again", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "GetValue", Codec: mesh.CodecJSON, Payload: []byte(`{}`)}, want: "5"},
-		{name: "declared failure", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Withdraw", Codec: mesh.CodecJSON, Payload: []byte(`{"amount":9}`)}, code: mesh.CodeFailure, failure: "InsufficientFunds"},
-		{name: "unknown rpc", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Nope", Codec: mesh.CodecJSON, Payload: []byte(`{}`)}, code: mesh.CodeUnknownRPC},
-		{name: "unknown entity", call: mesh.RawCall{EntityType: "Nope", ID: id, RPC: "Nope", Codec: mesh.CodecJSON, Payload: []byte(`{}`)}, code: mesh.CodeUnknownEntity},
-		{name: "malformed", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Increment", Codec: mesh.CodecJSON, Payload: []byte(`{"amount":`)}, code: mesh.CodeMalformed},
-		{name: "defect", call: mesh.RawCall{EntityType: "Counter", ID: "other", RPC: "Panic", Codec: mesh.CodecJSON, Payload: []byte(`"boom"`)}, code: mesh.CodeDefect},
+		{name: "json", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Increment", Codec: protocol.CodecJSON, Payload: []byte(`{"amount":5}`)}, want: "5"},
+		{name: "json again", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "GetValue", Codec: protocol.CodecJSON, Payload: []byte(`{}`)}, want: "5"},
+		{name: "declared failure", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Withdraw", Codec: protocol.CodecJSON, Payload: []byte(`{"amount":9}`)}, code: protocol.CodeFailure, failure: "InsufficientFunds"},
+		{name: "unknown rpc", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Nope", Codec: protocol.CodecJSON, Payload: []byte(`{}`)}, code: protocol.CodeUnknownRPC},
+		{name: "unknown entity", call: mesh.RawCall{EntityType: "Nope", ID: id, RPC: "Nope", Codec: protocol.CodecJSON, Payload: []byte(`{}`)}, code: protocol.CodeUnknownEntity},
+		{name: "malformed", call: mesh.RawCall{EntityType: "Counter", ID: id, RPC: "Increment", Codec: protocol.CodecJSON, Payload: []byte(`{"amount":`)}, code: protocol.CodeMalformed},
+		{name: "defect", call: mesh.RawCall{EntityType: "Counter", ID: "other", RPC: "Panic", Codec: protocol.CodecJSON, Payload: []byte(`"boom"`)}, code: protocol.CodeDefect},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := e.c.CallRaw(ctx, tt.call)

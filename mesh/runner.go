@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Runner hosts entities for the shards it serves: it subscribes to each
@@ -25,7 +26,7 @@ type Runner struct {
 	nc     *nats.Conn
 	cfg    Config
 	id     string
-	subj   subjects
+	subj   protocol.Subjects
 	rt     *actor.Runtime
 	log    *slog.Logger
 	groups map[string]int // group name -> index
@@ -67,7 +68,7 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 	r := &Runner{
 		nc:     nc,
 		cfg:    cfg,
-		subj:   subjects{prefix: cfg.Prefix},
+		subj:   protocol.Subjects{Prefix: cfg.Prefix},
 		log:    cfg.Logger,
 		groups: map[string]int{},
 		shards: map[ShardID]*nats.Subscription{},
@@ -94,7 +95,7 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...actor.RuntimeOption) (*Runner,
 	// One actor partition per shard, so a shard's entities can be stopped
 	// (handed off or fenced) as a unit.
 	partOf := func(a actor.Address) int {
-		return r.groups[cfg.groupOf(a.Type)]*n + ShardOf(a.ID, n)
+		return r.groups[cfg.groupOf(a.Type)]*n + protocol.ShardOf(a.ID, n)
 	}
 	rtOpts := append([]actor.RuntimeOption{
 		actor.WithDefaults(
@@ -177,13 +178,13 @@ func (r *Runner) Start(ctx context.Context) error {
 	}
 	r.mu.Lock()
 	go r.dispatch()
-	sub, err := r.nc.QueueSubscribe(r.subj.routeAll(), r.cfg.Prefix+"-route", r.onRoute)
+	sub, err := r.nc.QueueSubscribe(r.subj.RouteAll(), r.cfg.Prefix+"-route", r.onRoute)
 	if err != nil {
 		r.mu.Unlock()
 		return fmt.Errorf("subscribe route: %w", err)
 	}
 	r.routeSub = sub
-	r.pingSub, err = r.nc.Subscribe(pingSubject(r.cfg.Prefix, r.id), func(m *nats.Msg) { _ = m.Respond([]byte(r.id)) })
+	r.pingSub, err = r.nc.Subscribe(r.subj.Ping(r.id), func(m *nats.Msg) { _ = m.Respond([]byte(r.id)) })
 	if err != nil {
 		r.mu.Unlock()
 		return fmt.Errorf("subscribe ping: %w", err)
@@ -266,7 +267,7 @@ func (r *Runner) serveShard(s ShardID) error {
 		r.mu.Unlock()
 		return err
 	}
-	sub, err := r.nc.ChanSubscribe(r.subj.shardCalls(s), r.inbox)
+	sub, err := r.nc.ChanSubscribe(r.subj.ShardCalls(s), r.inbox)
 	if err != nil {
 		r.mu.Unlock()
 		_ = r.rt.ClosePartition(context.Background(), r.partition(s), nil)
@@ -490,9 +491,9 @@ func (r *Runner) onCall(m *nats.Msg) {
 		}
 		return
 	}
-	c, ok := r.subj.parseCallSubject(m.Subject)
+	c, ok := r.subj.ParseCall(m.Subject)
 	if !ok {
-		r.refuse(m, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
+		r.refuse(m, protocol.JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
 		return
 	}
 	r.handle(m, c)
@@ -533,7 +534,7 @@ func (r *Runner) badReply(m *nats.Msg, entityType, rpc string) bool {
 	}
 	r.log.Warn("call refused: reply subject outside the reply prefixes", "entity", entityType, "rpc", rpc, "reply", truncate(m.Reply, 80))
 	if o := r.cfg.Observer; o != nil {
-		o.CallRefused(entityType, rpc, CodeBadRequest)
+		o.CallRefused(entityType, rpc, protocol.CodeBadRequest)
 	}
 	return true
 }
@@ -547,8 +548,8 @@ func truncate(s string, n int) string {
 
 // handle delivers one call to its entity; c.shard is the shard the caller
 // addressed.
-func (r *Runner) handle(m *nats.Msg, c callSubject) {
-	shard, entityType, rpc := c.shard, c.entityType, c.rpc
+func (r *Runner) handle(m *nats.Msg, c protocol.CallSubject) {
+	shard, entityType, rpc := c.Shard, c.EntityType, c.RPC
 	if r.badReply(m, entityType, rpc) {
 		return
 	}
@@ -559,27 +560,27 @@ func (r *Runner) handle(m *nats.Msg, c callSubject) {
 		// reaches the new owner.
 		return
 	}
-	var codec Codec
+	var codec actor.Codec
 	var id string
 	var err error
-	if c.compact {
+	if c.Compact {
 		// The subject says it all: headers saying it too are refused, not
 		// guessed between.
-		if codec, err = CodecByName(c.codecName); err != nil || c.codecName == "" {
-			r.refuse(m, JSON, nil, fmt.Errorf("%w: codec %q in the subject", ErrBadRequest, c.codecName))
+		if codec, err = protocol.CodecByName(c.Codec); err != nil || c.Codec == "" {
+			r.refuse(m, protocol.JSON, nil, fmt.Errorf("%w: codec %q in the subject", ErrBadRequest, c.Codec))
 			return
 		}
-		if m.Header.Get(HeaderCodec) != "" || m.Header.Get(HeaderID) != "" || m.Header.Get(HeaderIDBase64) != "" {
-			r.refuse(m, codec, nil, fmt.Errorf("%w: a compact call subject carries the id and codec; %s, %s and %s are not allowed with it", ErrBadRequest, HeaderID, HeaderIDBase64, HeaderCodec))
+		if m.Header.Get(protocol.HeaderCodec) != "" || m.Header.Get(protocol.HeaderID) != "" || m.Header.Get(protocol.HeaderIDBase64) != "" {
+			r.refuse(m, codec, nil, fmt.Errorf("%w: a compact call subject carries the id and codec; %s, %s and %s are not allowed with it", ErrBadRequest, protocol.HeaderID, protocol.HeaderIDBase64, protocol.HeaderCodec))
 			return
 		}
-		id = c.id
+		id = c.ID
 	} else {
-		if codec, err = CodecByName(m.Header.Get(HeaderCodec)); err != nil {
-			r.refuse(m, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		if codec, err = protocol.CodecByName(m.Header.Get(protocol.HeaderCodec)); err != nil {
+			r.refuse(m, protocol.JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
 			return
 		}
-		if id, err = getID(m.Header); err != nil {
+		if id, err = protocol.GetID(m.Header); err != nil {
 			r.refuse(m, codec, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
 			return
 		}
@@ -590,9 +591,9 @@ func (r *Runner) handle(m *nats.Msg, c callSubject) {
 	}
 	// A call addressed to the wrong shard must not activate the entity here:
 	// this runner may not own the entity's real shard.
-	if g := r.cfg.groupOf(entityType); g != shard.Group || ShardOf(id, r.cfg.ShardsPerGroup) != shard.N {
+	if g := r.cfg.groupOf(entityType); g != shard.Group || protocol.ShardOf(id, r.cfg.ShardsPerGroup) != shard.N {
 		r.refuse(m, codec, nil, fmt.Errorf("%w: entity %s/%s is in shard %s/%d, not %s",
-			ErrBadRequest, entityType, id, g, ShardOf(id, r.cfg.ShardsPerGroup), shard))
+			ErrBadRequest, entityType, id, g, protocol.ShardOf(id, r.cfg.ShardsPerGroup), shard))
 		return
 	}
 	var info actor.RPCInfo
@@ -600,16 +601,16 @@ func (r *Runner) handle(m *nats.Msg, c callSubject) {
 		info = e.RPC(rpc)
 	}
 	ctx, cancel := context.Background(), context.CancelFunc(nil)
-	if v := m.Header.Get(HeaderTimeout); v != "" {
+	if v := m.Header.Get(protocol.HeaderTimeout); v != "" {
 		ms, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || ms <= 0 {
-			r.refuse(m, codec, info, fmt.Errorf("%w: %s %q", ErrBadRequest, HeaderTimeout, v))
+			r.refuse(m, codec, info, fmt.Errorf("%w: %s %q", ErrBadRequest, protocol.HeaderTimeout, v))
 			return
 		}
 		dc := newDeadlineCtx(time.Now().Add(time.Duration(ms) * time.Millisecond))
 		ctx, cancel = dc, dc.cancel
 	}
-	streamReq := m.Header.Get(HeaderStreamWindow) != ""
+	streamReq := m.Header.Get(protocol.HeaderStreamWindow) != ""
 	if streamReq && info != nil && info.Kind() != actor.Streaming {
 		if cancel != nil {
 			cancel()
@@ -721,7 +722,7 @@ var errLeaseLapsed = fmt.Errorf("%w: lease no longer valid", errFenced)
 type replier struct {
 	r      *Runner
 	reply  string
-	codec  Codec
+	codec  actor.Codec
 	info   actor.RPCInfo
 	cancel context.CancelFunc
 	obs    CallObservation // nil without an Observer
@@ -779,13 +780,13 @@ func (p *replier) Reply(payload []byte, err error) {
 
 // refuse answers request m with the error envelope of err. A refused
 // streaming request gets the stream's end marker too (docs/protocol.md).
-func (r *Runner) refuse(m *nats.Msg, codec Codec, info actor.RPCInfo, err error) {
+func (r *Runner) refuse(m *nats.Msg, codec actor.Codec, info actor.RPCInfo, err error) {
 	if errors.Is(err, errFenced) {
 		return // see stopShard: a fenced shard stays silent
 	}
 	if o := r.cfg.Observer; o != nil {
-		c, _ := r.subj.parseCallSubject(m.Subject)
-		o.CallRefused(c.entityType, c.rpc, codeOf(err))
+		c, _ := r.subj.ParseCall(m.Subject)
+		o.CallRefused(c.EntityType, c.RPC, codeOf(err))
 	}
 	if m.Reply == "" {
 		r.log.Debug("call failed with no reply subject", "subject", m.Subject, "err", err)
@@ -796,9 +797,9 @@ func (r *Runner) refuse(m *nats.Msg, codec Codec, info actor.RPCInfo, err error)
 		return
 	}
 	out := errorMsg(m.Reply, codec, info, err, r.cfg.ExposeDefectStacks)
-	if m.Header.Get(HeaderStreamWindow) != "" {
-		out.Header[HeaderEnd] = []string{"true"}
-		out.Header[HeaderSeq] = []string{"1"}
+	if m.Header.Get(protocol.HeaderStreamWindow) != "" {
+		out.Header[protocol.HeaderEnd] = []string{"true"}
+		out.Header[protocol.HeaderSeq] = []string{"1"}
 	}
 	if perr := r.nc.PublishMsg(out); perr != nil {
 		r.log.Warn("error reply", "err", perr)
@@ -806,7 +807,7 @@ func (r *Runner) refuse(m *nats.Msg, codec Codec, info actor.RPCInfo, err error)
 }
 
 // replyError answers reply with the error envelope of err.
-func (r *Runner) replyError(reply string, codec Codec, info actor.RPCInfo, err error) {
+func (r *Runner) replyError(reply string, codec actor.Codec, info actor.RPCInfo, err error) {
 	if reply == "" {
 		r.log.Debug("call failed with no reply subject", "err", err)
 		return
@@ -818,60 +819,60 @@ func (r *Runner) replyError(reply string, codec Codec, info actor.RPCInfo, err e
 }
 
 // errorMsg builds the error reply for err.
-func errorMsg(reply string, codec Codec, info actor.RPCInfo, err error, stacks bool) *nats.Msg {
-	body := errorBody{Code: codeOf(err), Message: err.Error()}
+func errorMsg(reply string, codec actor.Codec, info actor.RPCInfo, err error, stacks bool) *nats.Msg {
+	body := protocol.ErrorBody{Code: codeOf(err), Message: err.Error()}
 	var failure any
 	if info != nil {
 		for _, f := range info.Failures() {
 			target := reflect.New(f.Type)
 			if errors.As(err, target.Interface()) {
-				body.Code, body.Failure, failure = CodeFailure, f.Code, target.Elem().Interface()
+				body.Code, body.Failure, failure = protocol.CodeFailure, f.Code, target.Elem().Interface()
 				break
 			}
 		}
 	}
 	var d *actor.Defect
-	if body.Code == CodeDefect && errors.As(err, &d) {
+	if body.Code == protocol.CodeDefect && errors.As(err, &d) {
 		body.Message = d.Message
 		if stacks {
 			body.Stack = d.Stack
 		}
 	}
-	data, eerr := codec.encodeError(&body, failure)
+	data, eerr := protocol.EncodeError(codec, &body, failure)
 	if eerr != nil {
-		body = errorBody{Code: CodeError, Message: fmt.Sprintf("%v (and encoding the failure: %v)", err, eerr)}
-		data, _ = codec.encodeError(&body, nil)
+		body = protocol.ErrorBody{Code: protocol.CodeError, Message: fmt.Sprintf("%v (and encoding the failure: %v)", err, eerr)}
+		data, _ = protocol.EncodeError(codec, &body, nil)
 	}
-	return &nats.Msg{Subject: reply, Data: data, Header: nats.Header{HeaderError: []string{body.Code}}}
+	return &nats.Msg{Subject: reply, Data: data, Header: nats.Header{protocol.HeaderError: []string{body.Code}}}
 }
 
 // onRoute handles a call on the route subject: it computes the shard and
 // serves it here when this runner owns it, else forwards it to the owner and
 // relays the answer.
 func (r *Runner) onRoute(m *nats.Msg) {
-	entityType, rpc, ok := r.subj.parseRoute(m.Subject)
+	entityType, rpc, ok := r.subj.ParseRoute(m.Subject)
 	if r.badReply(m, entityType, rpc) {
 		return
 	}
 	if !ok {
-		r.refuse(m, JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
+		r.refuse(m, protocol.JSON, nil, fmt.Errorf("%w: subject %q", ErrBadRequest, m.Subject))
 		return
 	}
-	id, err := getID(m.Header)
+	id, err := protocol.GetID(m.Header)
 	if err != nil {
-		r.refuse(m, JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		r.refuse(m, protocol.JSON, nil, fmt.Errorf("%w: %w", ErrBadRequest, err))
 		return
 	}
-	shard := ShardID{Group: r.cfg.groupOf(entityType), N: ShardOf(id, r.cfg.ShardsPerGroup)}
+	shard := ShardID{Group: r.cfg.groupOf(entityType), N: protocol.ShardOf(id, r.cfg.ShardsPerGroup)}
 	r.mu.Lock()
 	_, local := r.shards[shard]
 	r.mu.Unlock()
 	if local {
-		r.handle(m, callSubject{shard: shard, entityType: entityType, rpc: rpc})
+		r.handle(m, protocol.CallSubject{Shard: shard, EntityType: entityType, RPC: rpc})
 		return
 	}
-	if m.Header.Get(HeaderStreamWindow) != "" {
-		r.refuse(m, JSON, nil, fmt.Errorf("%w: streams are not routed; call the shard subject", ErrBadRequest))
+	if m.Header.Get(protocol.HeaderStreamWindow) != "" {
+		r.refuse(m, protocol.JSON, nil, fmt.Errorf("%w: streams are not routed; call the shard subject", ErrBadRequest))
 		return
 	}
 	go r.forward(m, shard, entityType, rpc)
@@ -879,14 +880,14 @@ func (r *Runner) onRoute(m *nats.Msg) {
 
 func (r *Runner) forward(m *nats.Msg, shard ShardID, entityType, rpc string) {
 	timeout := r.cfg.CallTimeout
-	if v := m.Header.Get(HeaderTimeout); v != "" {
+	if v := m.Header.Get(protocol.HeaderTimeout); v != "" {
 		if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms > 0 {
 			timeout = time.Duration(ms) * time.Millisecond
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	req := nats.NewMsg(r.subj.call(shard, entityType, rpc))
+	req := nats.NewMsg(r.subj.Call(shard, entityType, rpc))
 	req.Data = m.Data
 	for k, v := range m.Header {
 		req.Header[k] = v
@@ -896,9 +897,9 @@ func (r *Runner) forward(m *nats.Msg, shard ShardID, entityType, rpc string) {
 		return
 	}
 	if err != nil {
-		codec, _ := CodecByName(m.Header.Get(HeaderCodec))
+		codec, _ := protocol.CodecByName(m.Header.Get(protocol.HeaderCodec))
 		if codec == nil {
-			codec = JSON
+			codec = protocol.JSON
 		}
 		r.refuse(m, codec, nil, err)
 		return

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // A singleton runs on exactly one runner of the cluster: the one serving
-// the shard its name hashes to (ShardOf(name) in the first shard group). It
+// the shard its name hashes to (protocol.ShardOf(name) in the first shard group). It
 // starts when that shard starts being served here and its context is
 // cancelled when the shard stops (hand-off, fencing or shutdown), so the
 // shard lease that fences entities fences singletons too.
@@ -36,7 +39,7 @@ type singleton struct {
 // itself: work with effects outside the process should carry a fencing
 // token the resource checks (docs/operations.md, Fencing).
 func (r *Runner) RegisterSingleton(name string, run func(ctx context.Context) error) error {
-	if !validToken(name) || run == nil {
+	if !actor.ValidName(name) || run == nil {
 		return fmt.Errorf("%w: singleton %q: want a [A-Za-z0-9_-]{1,64} name and a function", ErrInvalidOption, name)
 	}
 	r.mu.Lock()
@@ -49,7 +52,7 @@ func (r *Runner) RegisterSingleton(name string, run func(ctx context.Context) er
 	}
 	r.singletons[name] = &singleton{
 		name:  name,
-		shard: ShardID{Group: r.cfg.ShardGroups[0], N: ShardOf(name, r.cfg.ShardsPerGroup)},
+		shard: ShardID{Group: r.cfg.ShardGroups[0], N: protocol.ShardOf(name, r.cfg.ShardsPerGroup)},
 		run:   run,
 	}
 	return nil
@@ -57,7 +60,7 @@ func (r *Runner) RegisterSingleton(name string, run func(ctx context.Context) er
 
 // SingletonShard returns the shard whose owner runs the singleton name.
 func (c *Config) SingletonShard(name string) ShardID {
-	return ShardID{Group: c.ShardGroups[0], N: ShardOf(name, c.ShardsPerGroup)}
+	return ShardID{Group: c.ShardGroups[0], N: protocol.ShardOf(name, c.ShardsPerGroup)}
 }
 
 func (s *singleton) start(r *Runner) {

@@ -28,13 +28,8 @@ type stores struct {
 	assignments natsjs.KeyValue
 }
 
-// storeSetupTimeout bounds creating or checking the buckets when the
-// caller's context has no deadline: creating replicated streams takes
-// seconds on a busy cluster.
-const storeSetupTimeout = 30 * time.Second
-
 func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error) {
-	ctx, cancel := setupContext(ctx)
+	ctx, cancel := jetstream.SetupContext(ctx)
 	defer cancel()
 	js, err := natsjs.New(nc)
 	if err != nil {
@@ -66,50 +61,11 @@ func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error)
 	return st, nil
 }
 
-// retrySetup runs an idempotent start-up step (a bucket's setup, a
-// registration, a watch; what names it in the error) with short attempts
-// until ctx ends, or until an error that another attempt cannot mend. On a
-// NATS cluster, two processes creating the same replicated
-// bucket at once can leave the losing request unanswered (observed with
-// nats-server 2.15.2: both callers hung until their deadline, while a
-// second attempt found the bucket at once), so one long attempt is worse
-// than several short ones.
-func retrySetup(ctx context.Context, what string, setup func(context.Context) error) error {
-	for {
-		actx, cancel := context.WithTimeout(ctx, setupAttemptTimeout)
-		err := setup(actx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil || errors.Is(err, jetstream.ErrInvalidConfig) || errors.Is(err, jetstream.ErrLeaseHeld) || errors.Is(err, jetstream.ErrInvalidArgument) {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		t := time.NewTimer(100 * time.Millisecond)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%s: %w", what, err)
-		}
-	}
-}
-
-const setupAttemptTimeout = 3 * time.Second
-
-// setupContext bounds a start-up step (with retries) by storeSetupTimeout
-// when ctx has no deadline of its own.
-func setupContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
-	}
-	return context.WithTimeout(ctx, storeSetupTimeout)
-}
-
-// openLeases opens the lease bucket named bucket, retrying as retrySetup does.
+// openLeases opens the lease bucket named bucket, with the retries of
+// jetstream.Setup.
 func openLeases(ctx context.Context, js natsjs.JetStream, lc jetstream.LeaseConfig, bucket string) (ls *jetstream.Leases, err error) {
 	lc.Bucket = bucket
-	err = retrySetup(ctx, "open "+bucket, func(ctx context.Context) (err error) {
+	err = jetstream.Setup(ctx, "open "+bucket, func(ctx context.Context) (err error) {
 		ls, err = jetstream.OpenLeases(ctx, js, lc)
 		return err
 	})
@@ -117,10 +73,10 @@ func openLeases(ctx context.Context, js natsjs.JetStream, lc jetstream.LeaseConf
 }
 
 // openKV opens a KV bucket, creating it if missing (an existing one keeps
-// its replicas and limits: jetstream.EnsureKeyValue), retrying as
-// retrySetup does.
+// its replicas and limits: jetstream.EnsureKeyValue), with the retries of
+// jetstream.Setup.
 func openKV(ctx context.Context, js natsjs.JetStream, cfg natsjs.KeyValueConfig, log *slog.Logger) (kv natsjs.KeyValue, err error) {
-	err = retrySetup(ctx, "open "+cfg.Bucket, func(ctx context.Context) (err error) {
+	err = jetstream.Setup(ctx, "open "+cfg.Bucket, func(ctx context.Context) (err error) {
 		kv, err = jetstream.EnsureKeyValue(ctx, js, cfg, mismatchLogger(log))
 		return err
 	})
@@ -128,10 +84,10 @@ func openKV(ctx context.Context, js natsjs.JetStream, cfg natsjs.KeyValueConfig,
 }
 
 // openStream opens a stream, creating it if missing (an existing one keeps
-// its replicas and limits: jetstream.EnsureStream), retrying as retrySetup
-// does.
+// its replicas and limits: jetstream.EnsureStream), with the retries of
+// jetstream.Setup.
 func openStream(ctx context.Context, js natsjs.JetStream, cfg natsjs.StreamConfig, log *slog.Logger) (st natsjs.Stream, err error) {
-	err = retrySetup(ctx, "open "+cfg.Name, func(ctx context.Context) (err error) {
+	err = jetstream.Setup(ctx, "open "+cfg.Name, func(ctx context.Context) (err error) {
 		st, err = jetstream.EnsureStream(ctx, js, cfg, mismatchLogger(log))
 		return err
 	})

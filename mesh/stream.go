@@ -12,14 +12,15 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Streams (docs/protocol.md, "Streaming RPCs"): the caller subscribes to an
-// inbox and sends the request with HeaderStreamWindow. The runner publishes
-// chunks to the inbox numbered by HeaderSeq, each naming its control subject,
+// inbox and sends the request with protocol.HeaderStreamWindow. The runner publishes
+// chunks to the inbox numbered by protocol.HeaderSeq, each naming its control subject,
 // and never has more than the window unacknowledged; the caller acknowledges
 // on the control subject as it reads, and cancels there when it stops. The
-// last message carries HeaderEnd (and HeaderError for a failed stream).
+// last message carries protocol.HeaderEnd (and protocol.HeaderError for a failed stream).
 
 // DefaultStreamWindow is the number of chunks in flight per stream.
 const DefaultStreamWindow = 64
@@ -38,7 +39,7 @@ type streamReplier struct {
 	r       *Runner
 	reply   string
 	control string
-	codec   Codec
+	codec   actor.Codec
 	info    actor.RPCInfo
 	cancel  context.CancelFunc
 	window  uint64
@@ -52,13 +53,13 @@ type streamReplier struct {
 	ended  bool
 }
 
-func (r *Runner) newStreamReplier(ctx context.Context, cancel context.CancelFunc, m *nats.Msg, codec Codec, info actor.RPCInfo) (*streamReplier, error) {
-	window, err := strconv.ParseUint(m.Header.Get(HeaderStreamWindow), 10, 32)
+func (r *Runner) newStreamReplier(ctx context.Context, cancel context.CancelFunc, m *nats.Msg, codec actor.Codec, info actor.RPCInfo) (*streamReplier, error) {
+	window, err := strconv.ParseUint(m.Header.Get(protocol.HeaderStreamWindow), 10, 32)
 	if err != nil || window == 0 {
-		return nil, fmt.Errorf("%w: %s %q", ErrBadRequest, HeaderStreamWindow, m.Header.Get(HeaderStreamWindow))
+		return nil, fmt.Errorf("%w: %s %q", ErrBadRequest, protocol.HeaderStreamWindow, m.Header.Get(protocol.HeaderStreamWindow))
 	}
 	s := &streamReplier{
-		r: r, reply: m.Reply, control: r.subj.streamControl(), codec: codec, info: info,
+		r: r, reply: m.Reply, control: r.subj.StreamControl(), codec: codec, info: info,
 		cancel: cancel, window: window, credit: make(chan struct{}, 1),
 	}
 	s.sub, err = r.nc.Subscribe(s.control, s.onControl)
@@ -69,11 +70,11 @@ func (r *Runner) newStreamReplier(ctx context.Context, cancel context.CancelFunc
 }
 
 func (s *streamReplier) onControl(m *nats.Msg) {
-	if m.Header.Get(HeaderCancel) != "" {
+	if m.Header.Get(protocol.HeaderCancel) != "" {
 		s.cancel()
 		return
 	}
-	if v := m.Header.Get(HeaderAck); v != "" {
+	if v := m.Header.Get(protocol.HeaderAck); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
 			return
@@ -106,8 +107,8 @@ func (s *streamReplier) Chunk(ctx context.Context, payload []byte) error {
 				timer.Stop()
 			}
 			m := &nats.Msg{Subject: s.reply, Data: payload, Header: nats.Header{
-				HeaderSeq:     []string{strconv.FormatUint(seq, 10)},
-				HeaderControl: []string{s.control},
+				protocol.HeaderSeq:     []string{strconv.FormatUint(seq, 10)},
+				protocol.HeaderControl: []string{s.control},
 			}}
 			return s.r.nc.PublishMsg(m)
 		}
@@ -158,8 +159,8 @@ func (s *streamReplier) Reply(_ []byte, err error) {
 	} else {
 		m = &nats.Msg{Subject: s.reply, Header: nats.Header{}}
 	}
-	m.Header[HeaderEnd] = []string{"true"}
-	m.Header[HeaderSeq] = []string{strconv.FormatUint(seq, 10)}
+	m.Header[protocol.HeaderEnd] = []string{"true"}
+	m.Header[protocol.HeaderSeq] = []string{strconv.FormatUint(seq, 10)}
 	if perr := s.r.nc.PublishMsg(m); perr != nil {
 		s.r.log.Warn("stream end", "err", perr)
 	}
@@ -194,7 +195,7 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 		}
 		defer func() { done(declared(info, outcome)) }()
 		const window = DefaultStreamWindow
-		m.Header[HeaderStreamWindow] = []string{strconv.Itoa(window)}
+		m.Header[protocol.HeaderStreamWindow] = []string{strconv.Itoa(window)}
 		m.Reply = c.nc.NewInbox()
 		ch := make(chan *nats.Msg, window+8)
 		sub, err := c.nc.ChanSubscribe(m.Reply, ch)
@@ -209,7 +210,7 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 		finished := false
 		defer func() {
 			if control != "" && !finished {
-				_ = c.nc.PublishMsg(&nats.Msg{Subject: control, Header: nats.Header{HeaderCancel: []string{"true"}}})
+				_ = c.nc.PublishMsg(&nats.Msg{Subject: control, Header: nats.Header{protocol.HeaderCancel: []string{"true"}}})
 			}
 		}()
 		if err := c.nc.PublishMsg(m); err != nil {
@@ -243,21 +244,21 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 				}
 				continue
 			}
-			if code := msg.Header.Get(HeaderError); code != "" && msg.Header.Get(HeaderEnd) == "" {
+			if code := msg.Header.Get(protocol.HeaderError); code != "" && msg.Header.Get(protocol.HeaderEnd) == "" {
 				finished = true // an error without the end marker: refused outright
 				yield(zero, decodeError(info, c.codec, code, msg.Data))
 				return
 			}
-			seq, _ := strconv.ParseUint(msg.Header.Get(HeaderSeq), 10, 64)
+			seq, _ := strconv.ParseUint(msg.Header.Get(protocol.HeaderSeq), 10, 64)
 			if seq != expect {
 				yield(zero, fmt.Errorf("%w: chunk %d arrived, expected %d", ErrStreamBroken, seq, expect))
 				return
 			}
 			expect++
-			if msg.Header.Get(HeaderEnd) != "" {
+			if msg.Header.Get(protocol.HeaderEnd) != "" {
 				finished = true
-				if code := msg.Header.Get(HeaderError); code != "" {
-					if expect == 2 && retryable(code) {
+				if code := msg.Header.Get(protocol.HeaderError); code != "" {
+					if expect == 2 && protocol.Retryable(code) {
 						// Refused before any chunk: the shard moved; retry.
 						expect = 1
 						if err := c.nc.PublishMsg(m); err != nil {
@@ -271,7 +272,7 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 				}
 				return
 			}
-			control = msg.Header.Get(HeaderControl)
+			control = msg.Header.Get(protocol.HeaderControl)
 			var chunk Chunk
 			if err := c.codec.Unmarshal(msg.Data, &chunk); err != nil {
 				yield(zero, fmt.Errorf("%w: chunk: %w", actor.ErrMalformed, err))
@@ -281,7 +282,7 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 				return
 			}
 			if n := expect - 1; n%(window/2) == 0 && control != "" {
-				ack := &nats.Msg{Subject: control, Header: nats.Header{HeaderAck: []string{strconv.FormatUint(n, 10)}}}
+				ack := &nats.Msg{Subject: control, Header: nats.Header{protocol.HeaderAck: []string{strconv.FormatUint(n, 10)}}}
 				if err := c.nc.PublishMsg(ack); err != nil {
 					yield(zero, err)
 					return

@@ -29,6 +29,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/internal/cli"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 func main() {
@@ -197,9 +198,9 @@ func dash(s string) string {
 
 // call sends a JSON call on the route subject (docs/protocol.md).
 func call(ctx context.Context, nc *nats.Conn, cfg mesh.Config, w io.Writer, typ, id, rpc, payload, output string) error {
-	m := nats.NewMsg(cfg.Prefix + "." + mesh.ProtocolVersion + ".entity." + typ + "." + rpc)
-	m.Header.Set(mesh.HeaderIDBase64, b64(id))
-	m.Header.Set(mesh.HeaderCodec, mesh.CodecJSON)
+	m := nats.NewMsg(cfg.Prefix + "." + protocol.Version + ".entity." + typ + "." + rpc)
+	m.Header.Set(protocol.HeaderIDBase64, b64(id))
+	m.Header.Set(protocol.HeaderCodec, protocol.CodecJSON)
 	m.Data = []byte(payload)
 	reply, err := nc.RequestMsgWithContext(ctx, m)
 	if errors.Is(err, nats.ErrNoResponders) {
@@ -208,7 +209,7 @@ func call(ctx context.Context, nc *nats.Conn, cfg mesh.Config, w io.Writer, typ,
 	if err != nil {
 		return err
 	}
-	if code := reply.Header.Get(mesh.HeaderError); code != "" {
+	if code := reply.Header.Get(protocol.HeaderError); code != "" {
 		if output == "json" {
 			fmt.Fprintln(w, string(reply.Data))
 		}

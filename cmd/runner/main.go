@@ -28,6 +28,7 @@ import (
 	"github.com/natsmesh/natsmesh/internal/devnats"
 	"github.com/natsmesh/natsmesh/internal/ops"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 func main() {
@@ -180,7 +181,7 @@ func shutdownHTTP(srv *ops.Server, log *slog.Logger) {
 
 func printHelp(w io.Writer, url string, cfg mesh.Config) {
 	id := "user-123"
-	shard := mesh.ShardOf(id, cfg.ShardsPerGroup)
+	shard := protocol.ShardOf(id, cfg.ShardsPerGroup)
 	fmt.Fprintf(w, `natsmesh runner is serving on %s (entity type Counter).
 Call it with the nats CLI (JSON payloads; docs/protocol.md has the details):
 

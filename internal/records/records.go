@@ -17,6 +17,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natsmesh/natsmesh/jetstream"
 )
 
 var (
@@ -31,7 +33,7 @@ var (
 type Store struct {
 	nc         *nats.Conn
 	kv         natsjs.KeyValue
-	getSubj    string
+	stream     string // the bucket's stream
 	subjPrefix string
 }
 
@@ -44,9 +46,9 @@ type Config struct {
 	History uint8
 }
 
-// Open creates or updates the bucket, retrying short attempts until ctx
-// ends (two processes creating one replicated bucket at once can leave a
-// request unanswered).
+// Open opens the bucket, creating it if missing (an existing bucket keeps
+// its configuration: jetstream.EnsureKeyValue), with the retries of
+// jetstream.Setup.
 func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	js, err := natsjs.New(nc)
 	if err != nil {
@@ -55,37 +57,16 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if cfg.History == 0 {
 		cfg.History = 1
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-	}
 	kcfg := natsjs.KeyValueConfig{Bucket: cfg.Bucket, Description: cfg.Description, History: cfg.History, Replicas: max(cfg.Replicas, 1)}
 	var kv natsjs.KeyValue
-	for {
-		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		kv, err = js.CreateOrUpdateKeyValue(actx, kcfg)
-		cancel()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil || errors.Is(err, natsjs.ErrInvalidBucketName) {
-			return nil, fmt.Errorf("open bucket %s: %w", cfg.Bucket, err)
-		}
-		t := time.NewTimer(100 * time.Millisecond)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("open bucket %s: %w", cfg.Bucket, err)
-		}
+	err = jetstream.Setup(ctx, "open bucket "+cfg.Bucket, func(ctx context.Context) (err error) {
+		kv, err = jetstream.EnsureKeyValue(ctx, js, kcfg, nil)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return &Store{
-		nc:         nc,
-		kv:         kv,
-		getSubj:    natsjs.DefaultAPIPrefix + "STREAM.MSG.GET.KV_" + cfg.Bucket,
-		subjPrefix: "$KV." + cfg.Bucket + ".",
-	}, nil
+	return &Store{nc: nc, kv: kv, stream: "KV_" + cfg.Bucket, subjPrefix: "$KV." + cfg.Bucket + "."}, nil
 }
 
 // Key joins parts into a KV key, each part base64url-encoded (KV keys allow
@@ -117,49 +98,20 @@ func Part(key string, i int) string {
 func (s *Store) Get(ctx context.Context, key string, v any) (uint64, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	req, err := json.Marshal(struct {
-		LastFor string `json:"last_by_subj"`
-	}{s.subjPrefix + key})
-	if err != nil {
-		return 0, err
+	m, err := jetstream.LeaderGet(ctx, s.nc, s.stream, jetstream.GetRequest{LastBySubject: s.subjPrefix + key})
+	if errors.Is(err, jetstream.ErrNotFound) {
+		return 0, ErrNotFound
 	}
-	msg, err := s.nc.RequestWithContext(ctx, s.getSubj, req)
 	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", key, err)
 	}
-	var resp struct {
-		Error   *natsjs.APIError `json:"error"`
-		Message *struct {
-			Seq     uint64 `json:"seq"`
-			Headers []byte `json:"hdrs"`
-			Data    []byte `json:"data"`
-		} `json:"message"`
+	if m.Header.Get("KV-Operation") != "" || m.Header.Get("Nats-Marker-Reason") != "" {
+		return m.Seq, ErrNotFound // a delete, purge or expiry marker
 	}
-	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return 0, fmt.Errorf("read %s: decode reply: %w", key, err)
-	}
-	if resp.Error != nil {
-		if resp.Error.ErrorCode == natsjs.JSErrCodeMessageNotFound {
-			return 0, ErrNotFound
-		}
-		return 0, fmt.Errorf("read %s: %w", key, resp.Error)
-	}
-	if resp.Message == nil {
-		return 0, fmt.Errorf("read %s: reply without message", key)
-	}
-	if len(resp.Message.Headers) > 0 {
-		h, err := nats.DecodeHeadersMsg(resp.Message.Headers)
-		if err != nil {
-			return 0, fmt.Errorf("read %s: headers: %w", key, err)
-		}
-		if h.Get("KV-Operation") != "" || h.Get("Nats-Marker-Reason") != "" {
-			return resp.Message.Seq, ErrNotFound // a delete, purge or expiry marker
-		}
-	}
-	if err := json.Unmarshal(resp.Message.Data, v); err != nil {
+	if err := json.Unmarshal(m.Data, v); err != nil {
 		return 0, fmt.Errorf("read %s: decode record: %w", key, err)
 	}
-	return resp.Message.Seq, nil
+	return m.Seq, nil
 }
 
 // Put writes v at key if the key's last revision is rev (0: the key is
@@ -178,7 +130,7 @@ func (s *Store) Put(ctx context.Context, key string, v any, rev uint64) (uint64,
 	} else {
 		n, err = s.kv.Update(ctx, key, data, rev)
 	}
-	if isWrongLast(err) {
+	if jetstream.WrongLastSequence(err) {
 		return 0, fmt.Errorf("%w: %s", ErrConflict, key)
 	}
 	return n, err
@@ -193,7 +145,7 @@ func (s *Store) Delete(ctx context.Context, key string, rev uint64) error {
 		opts = append(opts, natsjs.LastRevision(rev))
 	}
 	err := s.kv.Delete(ctx, key, opts...)
-	if isWrongLast(err) {
+	if jetstream.WrongLastSequence(err) {
 		return fmt.Errorf("%w: %s", ErrConflict, key)
 	}
 	return err
@@ -211,16 +163,6 @@ func (s *Store) Keys(ctx context.Context, filter string) ([]string, error) {
 		keys = append(keys, k)
 	}
 	return keys, nil
-}
-
-// isWrongLast reports a failed revision condition: Create finding the key,
-// Update or Delete finding another revision (codes 10071, or 10164 on
-// replicated streams).
-func isWrongLast(err error) bool {
-	var apiErr *natsjs.APIError
-	return errors.Is(err, natsjs.ErrKeyExists) || errors.Is(err, natsjs.ErrKeyRevisionMismatch) ||
-		(errors.As(err, &apiErr) && (apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequenceConstant))
 }
 
 // OpTimeout bounds an operation whose context has no deadline.

@@ -15,6 +15,7 @@ import (
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 	meshotel "github.com/natsmesh/natsmesh/observe/otel"
 )
 
@@ -147,12 +148,12 @@ func TestTraceparentFromAnyClient(t *testing.T) {
 	runnerSpans := startRunner(t, s.ClientURL())
 	nc := natstest.Connect(t, s)
 	m := nats.NewMsg("mesh.v1.entity.Counter.Withdraw")
-	m.Header.Set(mesh.HeaderID, "b")
-	m.Header.Set(mesh.HeaderCodec, mesh.CodecJSON)
+	m.Header.Set(protocol.HeaderID, "b")
+	m.Header.Set(protocol.HeaderCodec, protocol.CodecJSON)
 	m.Header["traceparent"] = []string{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
 	m.Data = []byte(`{"amount":5}`)
 	reply, err := nc.RequestMsg(m, 10*time.Second)
-	if err != nil || reply.Header.Get(mesh.HeaderError) != mesh.CodeFailure {
+	if err != nil || reply.Header.Get(protocol.HeaderError) != protocol.CodeFailure {
 		t.Fatalf("Withdraw = %v %v, want an error reply", reply, err)
 	}
 	natstest.WaitFor(t, 10*time.Second, func() bool { return len(runnerSpans.GetSpans()) >= 3 }, "the runner's spans")

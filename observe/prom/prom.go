@@ -11,6 +11,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 const namespace = "natsmesh"
@@ -249,7 +250,7 @@ type limiter struct {
 // give them series of their own.
 func invalid(code string) bool {
 	switch code {
-	case mesh.CodeUnknownEntity, mesh.CodeUnknownRPC, mesh.CodeMalformed, mesh.CodeBadRequest, mesh.CodeInvalidID:
+	case protocol.CodeUnknownEntity, protocol.CodeUnknownRPC, protocol.CodeMalformed, protocol.CodeBadRequest, protocol.CodeInvalidID:
 		return true
 	}
 	return false

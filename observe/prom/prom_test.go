@@ -21,6 +21,7 @@ import (
 	"github.com/natsmesh/natsmesh/internal/meshtest"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 	"github.com/natsmesh/natsmesh/observe/prom"
 )
 
@@ -209,7 +210,7 @@ func TestSeriesBounded(t *testing.T) {
 	for _, typ := range []string{"A", "B", "C", "D"} {
 		obs.CallSent(context.Background(), typ, "X", nil)(nil)
 	}
-	obs.CallRefused("Nope", "Nada", mesh.CodeUnknownEntity)
+	obs.CallRefused("Nope", "Nada", protocol.CodeUnknownEntity)
 	m := scrape(t, serve(t, reg))
 	for k, v := range map[string]float64{
 		`natsmesh_client_calls_total{code="OK",entity_type="A",rpc="X"}`:                       1,

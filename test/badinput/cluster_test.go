@@ -30,6 +30,7 @@ import (
 	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Blob's RPCs answer with as many bytes as asked, to overflow replies.
@@ -210,11 +211,11 @@ func (c *cluster) answered(cl *mesh.Client, what string) {
 // idInShard returns an entity id in shard n.
 func idInShard(n, shards int) string {
 	for i := 0; ; i++ {
-		if id := fmt.Sprint("e-", i); mesh.ShardOf(id, shards) == n {
+		if id := fmt.Sprint("e-", i); protocol.ShardOf(id, shards) == n {
 			return id
 		}
 	}
 }
 
 // errorCode returns a raw reply's error code ("" for a success).
-func errorCode(m *nats.Msg) string { return m.Header.Get(mesh.HeaderError) }
+func errorCode(m *nats.Msg) string { return m.Header.Get(protocol.HeaderError) }

@@ -15,6 +15,7 @@ import (
 	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // Requests, replies and stream chunks larger than the server's max_payload
@@ -33,7 +34,7 @@ func TestOversizedPayloads(t *testing.T) {
 			return err
 		}},
 		{"raw request", func() error {
-			_, err := cl.CallRaw(ctx, mesh.RawCall{EntityType: "Blob", ID: "a", RPC: "Echo", Codec: mesh.CodecJSON, Payload: []byte(big)})
+			_, err := cl.CallRaw(ctx, mesh.RawCall{EntityType: "Blob", ID: "a", RPC: "Echo", Codec: protocol.CodecJSON, Payload: []byte(big)})
 			return err
 		}},
 		{"send", func() error { return mesh.Send(ctx, cl, echo, "a", big) }},
@@ -106,23 +107,23 @@ func TestUnknownTypesAndRPCs(t *testing.T) {
 		t.Fatalf("DeadLetters = %d, %v; want the two persisted calls", len(dls), err)
 	}
 	for _, dl := range dls {
-		if dl.Code != mesh.CodeUnknownEntity && dl.Code != mesh.CodeUnknownRPC || dl.Attempts != 0 {
+		if dl.Code != protocol.CodeUnknownEntity && dl.Code != protocol.CodeUnknownRPC || dl.Attempts != 0 {
 			t.Errorf("dead letter %+v: want an unknown entity or rpc, never retried", dl)
 		}
 	}
 	for _, tt := range []struct{ subject, code string }{
-		{"mesh.v1.entity.Ghost.Boo", mesh.CodeUnknownEntity},
-		{"mesh.v1.entity.Counter.Nope", mesh.CodeUnknownRPC},
+		{"mesh.v1.entity.Ghost.Boo", protocol.CodeUnknownEntity},
+		{"mesh.v1.entity.Counter.Nope", protocol.CodeUnknownRPC},
 		{"mesh.v1.call.default.0.Ghost.Boo", ""}, // the shard check comes first: see below
 	} {
 		id := idInShard(0, c.cfg.ShardsPerGroup)
-		reply, err := nc.RequestMsg(&nats.Msg{Subject: tt.subject, Header: nats.Header{mesh.HeaderID: {id}}}, 5*time.Second)
+		reply, err := nc.RequestMsg(&nats.Msg{Subject: tt.subject, Header: nats.Header{protocol.HeaderID: {id}}}, 5*time.Second)
 		if err != nil {
 			t.Fatalf("%s: %v", tt.subject, err)
 		}
 		want := tt.code
 		if want == "" {
-			want = mesh.CodeUnknownEntity
+			want = protocol.CodeUnknownEntity
 		}
 		if got := errorCode(reply); got != want {
 			t.Errorf("%s = %q %s, want %s", tt.subject, got, reply.Data, want)
@@ -157,17 +158,17 @@ func TestInvalidIDs(t *testing.T) {
 			// On the wire, where no client checked: the id in base64 (the
 			// only header that can carry every byte), on the route and on
 			// the shard the id hashes to.
-			h := nats.Header{mesh.HeaderIDBase64: {base64.StdEncoding.EncodeToString([]byte(id))}, mesh.HeaderCodec: {mesh.CodecJSON}}
-			shard := mesh.ShardOf(id, c.cfg.ShardsPerGroup)
+			h := nats.Header{protocol.HeaderIDBase64: {base64.StdEncoding.EncodeToString([]byte(id))}, protocol.HeaderCodec: {protocol.CodecJSON}}
+			shard := protocol.ShardOf(id, c.cfg.ShardsPerGroup)
 			for _, subj := range []string{"mesh.v1.entity.Counter.GetValue", "mesh.v1.call.default." + itoa(shard) + ".Counter.GetValue"} {
 				reply, err := nc.RequestMsg(&nats.Msg{Subject: subj, Header: h}, 5*time.Second)
-				if err != nil || errorCode(reply) != mesh.CodeInvalidID {
+				if err != nil || errorCode(reply) != protocol.CodeInvalidID {
 					t.Errorf("%s: %v %v, want an InvalidId reply", subj, err, reply)
 				}
 			}
 			msgID := "invalid-" + strings.ReplaceAll(name, " ", "-")
 			pm := &nats.Msg{Subject: "mesh.v1.persist.default." + itoa(shard) + ".Blob.EchoPersisted", Data: []byte(`"x"`), Header: h}
-			pm.Header.Set(mesh.HeaderMsgID, msgID)
+			pm.Header.Set(protocol.HeaderMsgID, msgID)
 			if _, err := nc.RequestMsg(pm, 5*time.Second); err != nil {
 				t.Fatalf("store the persisted message: %v", err)
 			}
@@ -181,7 +182,7 @@ func TestInvalidIDs(t *testing.T) {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// A persisted message whose id is too long (mesh.MaxMessageIDLen) is
+// A persisted message whose id is too long (protocol.MaxMessageIDLen) is
 // dead-lettered; one whose reply subject is too long (or outside the reply
 // prefixes) is handled and its reply stored but not published. It must not make the
 // runner send a protocol line the server refuses: the server closes the
@@ -203,10 +204,10 @@ func TestLongMessageIDAndReplySubject(t *testing.T) {
 			})
 			id := idInShard(0, c.cfg.ShardsPerGroup)
 			m := &nats.Msg{Subject: "mesh.v1.persist.default.0.Blob.EchoPersisted", Data: []byte(`"x"`), Header: nats.Header{
-				mesh.HeaderID: {id}, mesh.HeaderCodec: {mesh.CodecJSON}, mesh.HeaderMsgID: {tt.msgID},
+				protocol.HeaderID: {id}, protocol.HeaderCodec: {protocol.CodecJSON}, protocol.HeaderMsgID: {tt.msgID},
 			}}
 			if tt.replyTo != "" {
-				m.Header.Set(mesh.HeaderReplyTo, tt.replyTo)
+				m.Header.Set(protocol.HeaderReplyTo, tt.replyTo)
 			}
 			if _, err := nc.RequestMsg(m, 5*time.Second); err != nil {
 				t.Fatalf("store the persisted message: %v", err)

@@ -26,6 +26,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 type Amount struct {
@@ -133,7 +134,7 @@ func main() {
 	client, err := mesh.NewClient(clientNC, cfg)
 	check(err)
 	jcfg := cfg
-	jcfg.Codec = mesh.CodecJSON
+	jcfg.Codec = protocol.CodecJSON
 	jclient, err := mesh.NewClient(clientNC, jcfg)
 	check(err)
 	ctx := context.Background()
@@ -177,14 +178,14 @@ func main() {
 	for len(fmt.Sprint(doc.Body)) < 900 {
 		doc.Body += "lorem ipsum dolor sit amet "
 	}
-	mp, _ := mesh.Msgpack.Marshal(doc)
-	js, _ := mesh.JSON.Marshal(doc)
+	mp, _ := protocol.Msgpack.Marshal(doc)
+	js, _ := protocol.JSON.Marshal(doc)
 	fmt.Printf("Codecs, 1 KiB payload (msgpack %d bytes, JSON %d bytes)\n", len(mp), len(js))
 	for _, c := range []struct {
 		name   string
-		codec  mesh.Codec
+		codec  actor.Codec
 		client *mesh.Client
-	}{{"msgpack", mesh.Msgpack, client}, {"json", mesh.JSON, jclient}} {
+	}{{"msgpack", protocol.Msgpack, client}, {"json", protocol.JSON, jclient}} {
 		enc := perOp(func() { _, _ = c.codec.Marshal(doc) })
 		b, _ := c.codec.Marshal(doc)
 		dec := perOp(func() { var d Doc; _ = c.codec.Unmarshal(b, &d) })
@@ -211,7 +212,7 @@ func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Clie
 	check(err)
 	cons, err := st.CreateConsumer(ctx, natsjs.ConsumerConfig{Durable: "raw", AckPolicy: natsjs.AckExplicitPolicy})
 	check(err)
-	payload, _ := mesh.Msgpack.Marshal(Amount{1})
+	payload, _ := protocol.Msgpack.Marshal(Amount{1})
 
 	// Sequential: store, consume, ack; one at a time.
 	raw := latency(func() error {

@@ -23,6 +23,7 @@ import (
 	"github.com/natsmesh/natsmesh/internal/cmdtest"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 	"github.com/natsmesh/natsmesh/test/chaos/internal/check"
 	"github.com/natsmesh/natsmesh/test/chaos/internal/model"
 	"github.com/natsmesh/natsmesh/test/internal/leaselog"
@@ -153,7 +154,7 @@ func TestChaos(t *testing.T) {
 		r.Violations = append(r.Violations, check.Violation{Invariant: check.Durability, Addr: "chaos_persist", Detail: fmt.Sprintf("%d persisted messages never handled", backlog)})
 	}
 	incs := incarnations(t, c)
-	r.Leases(incs, leaseEvents(leases), leases.Gaps(), func(addr string, singleton bool) int { return mesh.ShardOf(addr, o.shards) })
+	r.Leases(incs, leaseEvents(leases), leases.Gaps(), func(addr string, singleton bool) int { return protocol.ShardOf(addr, o.shards) })
 	r.Activations(incs)
 	r.Singletons(incs)
 	r.Conflicts(incs)

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/natsmesh/natsmesh/actor"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -15,7 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 	"github.com/natsmesh/natsmesh/test/chaos/internal/check"
 	"github.com/natsmesh/natsmesh/test/chaos/internal/model"
 )
@@ -76,7 +77,7 @@ func startLoad(c *cluster, n int, rate float64, seed uint64, logPath string) (*l
 		lastOK: map[int]time.Time{}, errs: map[string]int{}}
 	for i := range n {
 		id := accountID(i)
-		l.accts = append(l.accts, &account{Account: check.Account{ID: id}, shard: mesh.ShardOf(id, c.cfg.ShardsPerGroup)})
+		l.accts = append(l.accts, &account{Account: check.Account{ID: id}, shard: protocol.ShardOf(id, c.cfg.ShardsPerGroup)})
 	}
 	for w := range workers {
 		rng := rand.New(rand.NewPCG(seed, uint64(w)))
@@ -258,7 +259,7 @@ func startProbes(c *cluster) *probes {
 	for s := range n {
 		id := ""
 		for k := 0; id == ""; k++ {
-			if cand := fmt.Sprintf("probe-%d-%d", s, k); mesh.ShardOf(cand, n) == s {
+			if cand := fmt.Sprintf("probe-%d-%d", s, k); protocol.ShardOf(cand, n) == s {
 				id = cand
 			}
 		}

@@ -38,6 +38,7 @@ import (
 	"github.com/natsmesh/natsmesh/gateway"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // leaseExpiry is NATSMESH_SHARD_LOCK_EXPIRATION in docker-compose.yml.
@@ -212,7 +213,7 @@ func TestCompose(t *testing.T) {
 	onVictim := 0
 	for i := 0; len(ids) < 30; i++ {
 		id := fmt.Sprintf("compose/%d", i)
-		if holder[mesh.ShardOf(id, 300)] == "runner1" {
+		if holder[protocol.ShardOf(id, 300)] == "runner1" {
 			if onVictim == 10 {
 				continue
 			}

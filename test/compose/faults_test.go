@@ -26,6 +26,7 @@ import (
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 	"github.com/natsmesh/natsmesh/test/internal/leaselog"
 )
 
@@ -886,7 +887,7 @@ func startLoad(client *mesh.Client, shards int) *load {
 	for n := range shards {
 		id := ""
 		for k := 0; id == ""; k++ {
-			if cand := fmt.Sprintf("inc-%d-%d", n, k); mesh.ShardOf(cand, shards) == n {
+			if cand := fmt.Sprintf("inc-%d-%d", n, k); protocol.ShardOf(cand, shards) == n {
 				id = cand
 			}
 		}

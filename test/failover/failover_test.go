@@ -1,6 +1,6 @@
 //go:build unix
 
-// Package failover_test checks and measures DESIGN.md's invariant 5
+// Package failover_test checks and measures docs/design.md's invariant 5
 // (availability: calls resume within the lease expiry after losing a
 // runner) with real OS processes: the cmd/runner and cmd/shardmgr binaries,
 // built once per test run, on an embedded nats-server.
@@ -82,6 +82,7 @@ import (
 	"github.com/natsmesh/natsmesh/internal/cmdtest"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 	"github.com/natsmesh/natsmesh/test/internal/proctest"
 )
 
@@ -396,7 +397,7 @@ func startProbes(t testing.TB, c *mesh.Client, base time.Time) *probes {
 	p := &probes{stopc: make(chan struct{})}
 	for s := range shards {
 		for k := 0; p.ids[s] == ""; k++ {
-			if id := fmt.Sprintf("probe-%d-%d", s, k); mesh.ShardOf(id, shards) == s {
+			if id := fmt.Sprintf("probe-%d-%d", s, k); protocol.ShardOf(id, shards) == s {
 				p.ids[s] = id
 			}
 		}
@@ -640,7 +641,7 @@ func checkValues(t *testing.T, c *mesh.Client, l *load, event time.Duration, mov
 				continue
 			}
 			v := int(cl.value)
-			shard := mesh.ShardOf(entityID(int(cl.id)), shards)
+			shard := protocol.ShardOf(entityID(int(cl.id)), shards)
 			switch {
 			case v > st.value && v <= st.value+1+st.failed:
 			// A call sent before the event may have found no runner and
@@ -660,7 +661,7 @@ func checkValues(t *testing.T, c *mesh.Client, l *load, event time.Duration, mov
 		}
 	}
 	for e, st := range counters {
-		shard := mesh.ShardOf(entityID(e), shards)
+		shard := protocol.ShardOf(entityID(e), shards)
 		if moved[shard] && st.calledBefore && st.restarts == 0 {
 			t.Errorf("counter %s on moved shard %d kept counting from %d: want it re-created (restart from 1)", entityID(e), shard, st.value)
 		}

@@ -17,11 +17,12 @@ import (
 	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 // TestPersistedFailover kills a runner process holding persisted messages
 // on a 3-server NATS cluster (every bucket and stream R3), and checks and
-// measures forward recovery (issue 5, DESIGN.md invariants 3 and 5):
+// measures forward recovery (issue 5, docs/design.md invariants 3 and 5):
 //
 //   - Eight senders store Deposit messages (persisted) for the 300 counters,
 //     each with its own message id, and record when JetStream acknowledged
@@ -55,7 +56,7 @@ func TestPersistedFailover(t *testing.T) {
 			victimShards[s.Shard.N] = true
 		}
 	}
-	onVictim := func(e int) bool { return victimShards[mesh.ShardOf(entityID(e), shards)] }
+	onVictim := func(e int) bool { return victimShards[protocol.ShardOf(entityID(e), shards)] }
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -89,7 +90,7 @@ func TestPersistedFailover(t *testing.T) {
 			if b := e.Value(); len(b) > 2 && b[0] == '0' {
 				// A stored success: status, codec, empty code, newline, body.
 				var n int
-				if mesh.Msgpack.Unmarshal(b[3:], &n) == nil {
+				if protocol.Msgpack.Unmarshal(b[3:], &n) == nil {
 					v = n
 				}
 			}

@@ -1,4 +1,4 @@
-// Package fencing_test proves DESIGN.md's invariant 1 (single activation)
+// Package fencing_test proves docs/design.md's invariant 1 (single activation)
 // when a runner's network fails while its process keeps running: the runner
 // must stop serving its shards (fencing) before the server can expire their
 // leases, so before any other runner activates one of its entities.
@@ -42,6 +42,7 @@ import (
 	"github.com/natsmesh/natsmesh/internal/faultproxy"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 	"github.com/natsmesh/natsmesh/test/internal/leaselog"
 )
 
@@ -389,7 +390,7 @@ func (o observer) Activated(addr actor.Address) {
 	// Shard-level check: no other runner may list the entity's shard as
 	// served when an entity of it activates here. (Shards() takes the
 	// runner's lock only briefly; no runner calls its observer holding it.)
-	shard := mesh.ShardID{Group: rec.cfg.ShardGroups[0], N: mesh.ShardOf(addr.ID, rec.cfg.ShardsPerGroup)}
+	shard := mesh.ShardID{Group: rec.cfg.ShardGroups[0], N: protocol.ShardOf(addr.ID, rec.cfg.ShardsPerGroup)}
 	rec.mu.Lock()
 	others := make(map[string]*mesh.Runner, len(rec.runners))
 	for id, r := range rec.runners {
@@ -644,7 +645,7 @@ func checkSubscriptions(t testing.TB, srv *server.Server, cfg mesh.Config, a *me
 	if err != nil {
 		t.Fatal(err)
 	}
-	prefix := cfg.Prefix + "." + mesh.ProtocolVersion + ".call." + cfg.ShardGroups[0] + "."
+	prefix := cfg.Prefix + "." + protocol.Version + ".call." + cfg.ShardGroups[0] + "."
 	count := map[mesh.ShardID]int{}
 	for _, c := range cz.Conns {
 		if c.Name != runnerA {

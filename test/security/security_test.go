@@ -23,6 +23,7 @@ import (
 	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
+	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
 var (
@@ -266,7 +267,7 @@ func TestRolesWork(t *testing.T) {
 		if v, err := mesh.Call(ctx, alice, counter.Increment, "a-1", counter.Amount{Amount: 2}); err != nil || v != 2 {
 			t.Fatalf("volatile call = %d, %v", v, err)
 		}
-		reply, err := aliceConn.RequestMsg(&nats.Msg{Subject: "mesh.v1.entity.Counter.GetValue", Header: nats.Header{mesh.HeaderID: {"a-1"}}}, 10*time.Second)
+		reply, err := aliceConn.RequestMsg(&nats.Msg{Subject: "mesh.v1.entity.Counter.GetValue", Header: nats.Header{protocol.HeaderID: {"a-1"}}}, 10*time.Second)
 		if err != nil || string(reply.Data) != "2" {
 			t.Fatalf("call on the route subject = %v, %v", reply, err)
 		}
@@ -293,16 +294,16 @@ func TestRolesWork(t *testing.T) {
 
 	t.Run("gateway", func(t *testing.T) {
 		gw, _ := c.client("gateway")
-		if _, err := gw.CallRaw(ctx, mesh.RawCall{EntityType: "Counter", ID: "g-1", RPC: "Increment", Codec: mesh.CodecJSON, Payload: []byte(`{"amount":1}`)}); err != nil {
+		if _, err := gw.CallRaw(ctx, mesh.RawCall{EntityType: "Counter", ID: "g-1", RPC: "Increment", Codec: protocol.CodecJSON, Payload: []byte(`{"amount":1}`)}); err != nil {
 			t.Fatalf("gateway volatile call: %v", err)
 		}
-		out, err := gw.CallRaw(ctx, mesh.RawCall{EntityType: "Ledger", ID: "g-1", RPC: "Post", Codec: mesh.CodecJSON, Payload: []byte(`3`), Persisted: true, MessageID: "gw-1"})
+		out, err := gw.CallRaw(ctx, mesh.RawCall{EntityType: "Ledger", ID: "g-1", RPC: "Post", Codec: protocol.CodecJSON, Payload: []byte(`3`), Persisted: true, MessageID: "gw-1"})
 		if err != nil || string(out) != "3" {
 			t.Fatalf("gateway persisted call = %s, %v", out, err)
 		}
 		// Sent again with its id (a retry, or an HTTP client re-attaching):
 		// answered from the stored reply.
-		out, err = gw.CallRaw(ctx, mesh.RawCall{EntityType: "Ledger", ID: "g-1", RPC: "Post", Codec: mesh.CodecJSON, Payload: []byte(`3`), Persisted: true, MessageID: "gw-1"})
+		out, err = gw.CallRaw(ctx, mesh.RawCall{EntityType: "Ledger", ID: "g-1", RPC: "Post", Codec: protocol.CodecJSON, Payload: []byte(`3`), Persisted: true, MessageID: "gw-1"})
 		if err != nil || string(out) != "3" {
 			t.Fatalf("gateway persisted call sent again = %s, %v", out, err)
 		}
@@ -311,7 +312,7 @@ func TestRolesWork(t *testing.T) {
 	t.Run("meshctl", func(t *testing.T) {
 		// A dead letter to look at and re-drive: a persisted call to an rpc
 		// no runner has.
-		_, err := alice.CallRaw(ctx, mesh.RawCall{EntityType: "Ledger", ID: "l-2", RPC: "Missing", Codec: mesh.CodecJSON, Payload: []byte(`1`), Persisted: true, MessageID: "dead-1"})
+		_, err := alice.CallRaw(ctx, mesh.RawCall{EntityType: "Ledger", ID: "l-2", RPC: "Missing", Codec: protocol.CodecJSON, Payload: []byte(`1`), Persisted: true, MessageID: "dead-1"})
 		if err == nil {
 			t.Fatal("persisted call to a missing rpc succeeded")
 		}
@@ -328,7 +329,7 @@ func TestRolesWork(t *testing.T) {
 			t.Fatalf("Redrive: %v", err)
 		}
 		reply, err := ctl.Request("mesh.v1.entity.Counter.GetValue", nil, 10*time.Second)
-		if err != nil || reply.Header.Get(mesh.HeaderError) != mesh.CodeBadRequest {
+		if err != nil || reply.Header.Get(protocol.HeaderError) != protocol.CodeBadRequest {
 			t.Fatalf("meshctl call without an id: %v, want a BadRequest reply", err)
 		}
 		ctl.clean(t)
@@ -344,7 +345,7 @@ func TestRolesWork(t *testing.T) {
 		for i := range 16 {
 			id := fmt.Sprint("routed-", i)
 			reply, err := aliceConn.RequestMsg(&nats.Msg{Subject: "mesh.v1.entity.Counter.Increment", Data: []byte(`{"amount":1}`),
-				Header: nats.Header{mesh.HeaderID: {id}, mesh.HeaderCodec: {mesh.CodecJSON}}}, 10*time.Second)
+				Header: nats.Header{protocol.HeaderID: {id}, protocol.HeaderCodec: {protocol.CodecJSON}}}, 10*time.Second)
 			if err != nil || string(reply.Data) != "1" {
 				t.Fatalf("routed call for %s = %v, %v", id, reply, err)
 			}
@@ -494,7 +495,7 @@ func TestReplySubjectConfinedToInboxes(t *testing.T) {
 	alice, aliceConn := c.client("alice")
 	admin := connect(t, c.srv, "meshctl")
 	id := "victim"
-	shard := mesh.ShardOf(id, c.cfg.ShardsPerGroup)
+	shard := protocol.ShardOf(id, c.cfg.ShardsPerGroup)
 	lease := fmt.Sprintf("$KV.mesh_leases.shard.default.%d", shard)
 	for _, tt := range []struct {
 		name string
@@ -502,11 +503,11 @@ func TestReplySubjectConfinedToInboxes(t *testing.T) {
 	}{
 		{"reply subject", &nats.Msg{
 			Subject: fmt.Sprintf("mesh.v1.call.default.%d.Counter.GetValue", shard), Reply: lease,
-			Header: nats.Header{mesh.HeaderID: {id}, mesh.HeaderCodec: {mesh.CodecJSON}},
+			Header: nats.Header{protocol.HeaderID: {id}, protocol.HeaderCodec: {protocol.CodecJSON}},
 		}},
 		{"Mesh-Reply-To", &nats.Msg{
 			Subject: fmt.Sprintf("mesh.v1.persist.default.%d.Ledger.Post", shard), Data: []byte("1"),
-			Header: nats.Header{mesh.HeaderID: {id}, mesh.HeaderCodec: {mesh.CodecJSON}, mesh.HeaderMsgID: {"deputy"}, mesh.HeaderReplyTo: {lease}},
+			Header: nats.Header{protocol.HeaderID: {id}, protocol.HeaderCodec: {protocol.CodecJSON}, protocol.HeaderMsgID: {"deputy"}, protocol.HeaderReplyTo: {lease}},
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/cli"
+	"github.com/natsmesh/natsmesh/jetstream"
 	"github.com/natsmesh/natsmesh/mesh"
 	"github.com/natsmesh/natsmesh/test/chaos/internal/model"
 )
@@ -156,7 +157,7 @@ func account(nc *nats.Conn, kv natsjs.KeyValue, rec *model.Writer, idle time.Dur
 				h.Outcome = model.OK
 				must(rec.Write(h))
 				return
-			case errors.Is(err, natsjs.ErrKeyExists) || errors.Is(err, natsjs.ErrKeyRevisionMismatch):
+			case jetstream.WrongLastSequence(err):
 				h.Outcome, h.Rev = model.Refused, rev
 				must(rec.Write(model.Record{Kind: model.Conflict, Start: h.End, Addr: id, Op: op, Arg: arg, Rev: rev}))
 				must(rec.Write(h))

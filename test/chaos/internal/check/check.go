@@ -1,6 +1,6 @@
 // Package check is the chaos suite's checker: from the records every runner
 // process wrote (model.Record), what the suite did to each process, and
-// what the load generator was told, it finds every breach of DESIGN.md's
+// what the load generator was told, it finds every breach of docs/design.md's
 // invariants: a runner serving a shard without its lease, an address
 // active on two runners at once, a singleton running twice, a state write
 // fenced off by another writer, a persisted deposit acknowledged and not

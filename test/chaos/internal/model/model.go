@@ -40,6 +40,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/jetstream"
 )
 
 // StateBucket is the KV bucket holding every account's state, one key per
@@ -309,38 +310,16 @@ func Decode(b []byte) (State, error) {
 // replica may answer from behind the leader; a stale read here would only
 // cost a refused write, but the checker's final read must be exact.
 func Load(ctx context.Context, nc *nats.Conn, id string) (State, uint64, error) {
-	req, _ := json.Marshal(map[string]string{"last_by_subj": "$KV." + StateBucket + "." + Key(id)})
-	msg, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+StateBucket, req)
-	if err != nil {
-		return State{}, 0, fmt.Errorf("load %s: %w", id, err)
-	}
-	var resp struct {
-		Message *struct {
-			Seq  uint64 `json:"seq"`
-			Data []byte `json:"data"`
-		} `json:"message"`
-		Error *struct {
-			ErrCode     int    `json:"err_code"`
-			Description string `json:"description"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return State{}, 0, fmt.Errorf("load %s: %w", id, err)
-	}
-	switch {
-	case resp.Error != nil && resp.Error.ErrCode == errNoMessage:
+	m, err := jetstream.LeaderGet(ctx, nc, "KV_"+StateBucket, jetstream.GetRequest{LastBySubject: "$KV." + StateBucket + "." + Key(id)})
+	if errors.Is(err, jetstream.ErrNotFound) {
 		return State{}, 0, nil
-	case resp.Error != nil:
-		return State{}, 0, fmt.Errorf("load %s: %s (%d)", id, resp.Error.Description, resp.Error.ErrCode)
-	case resp.Message == nil:
-		return State{}, 0, fmt.Errorf("load %s: empty answer %q", id, msg.Data)
 	}
-	st, err := Decode(resp.Message.Data)
 	if err != nil {
 		return State{}, 0, fmt.Errorf("load %s: %w", id, err)
 	}
-	return st, resp.Message.Seq, nil
+	st, err := Decode(m.Data)
+	if err != nil {
+		return State{}, 0, fmt.Errorf("load %s: %w", id, err)
+	}
+	return st, m.Seq, nil
 }
-
-// errNoMessage is JetStream's "no message found" error code.
-const errNoMessage = 10037

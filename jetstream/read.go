@@ -1,97 +1,19 @@
-// Package jskit holds the JetStream plumbing that the eventsourced and
-// durablestate packages share: entity ids as subject tokens and KV keys,
-// reads answered by a stream's leader, recognising a refused expected-sequence
-// condition, and retried setup of streams and buckets.
-package jskit
+package jetstream
+
+// Reads that decide what to do next: from the stream's leader, or, for a
+// range of a subject, from any replica but checked against a sequence the
+// leader gave.
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
 )
-
-// Token encodes an entity id as one NATS subject token that is also a valid
-// KV key: bytes in [A-Za-z0-9_-] stay as they are (ids like "user-123" stay
-// readable in `nats stream view`), every other byte becomes '=' and two
-// upper-case hex digits. The encoding is injective ('=' itself is escaped),
-// so two ids never share a subject. An id of 1 KiB (actor.MaxIDLength)
-// becomes at most 3 KiB, within NATS's default 4 KiB control line.
-func Token(id string) string {
-	const hex = "0123456789ABCDEF"
-	n := 0
-	for i := 0; i < len(id); i++ {
-		if !plain(id[i]) {
-			n++
-		}
-	}
-	if n == 0 {
-		return id
-	}
-	var b strings.Builder
-	b.Grow(len(id) + 2*n)
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if plain(c) {
-			b.WriteByte(c)
-			continue
-		}
-		b.WriteByte('=')
-		b.WriteByte(hex[c>>4])
-		b.WriteByte(hex[c&0xf])
-	}
-	return b.String()
-}
-
-// ParseToken reverses Token. It rejects anything Token cannot produce
-// (lower-case hex, escaped plain bytes, stray characters), so that each id
-// has exactly one token.
-func ParseToken(tok string) (string, error) {
-	if tok == "" {
-		return "", errors.New("jskit: empty token")
-	}
-	var b strings.Builder
-	b.Grow(len(tok))
-	for i := 0; i < len(tok); i++ {
-		c := tok[i]
-		if plain(c) {
-			b.WriteByte(c)
-			continue
-		}
-		if c != '=' || i+2 >= len(tok) {
-			return "", fmt.Errorf("jskit: bad token %q at %d", tok, i)
-		}
-		hi, ok1 := unhex(tok[i+1])
-		lo, ok2 := unhex(tok[i+2])
-		v := hi<<4 | lo
-		if !ok1 || !ok2 || plain(v) {
-			return "", fmt.Errorf("jskit: bad escape in token %q at %d", tok, i)
-		}
-		b.WriteByte(v)
-		i += 2
-	}
-	return b.String(), nil
-}
-
-func plain(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'A' && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
-}
 
 // Msg is a stored message as a leader read returns it.
 type Msg struct {
@@ -102,14 +24,12 @@ type Msg struct {
 	Time    time.Time
 }
 
-// ErrNotFound is returned by LeaderGet when no message matches.
-var ErrNotFound = errors.New("jskit: no message")
-
 // LeaderGet reads one message of stream through $JS.API.STREAM.MSG.GET,
 // which only the stream's leader answers. A KV Get or a direct get may be
 // answered by a replica that has not yet applied the latest acknowledged
-// write (nats-notes §1), which would hand a freshly activated entity a stale
-// state; the leader has applied every write it acknowledged.
+// write (see the package doc, "Stale reads"), which would hand a freshly
+// activated entity a stale state; the leader has applied every write it
+// acknowledged.
 //
 // req selects the message: LastBySubject (the last message on a subject), or
 // NextBySubject with Seq (the first message on a subject at or after Seq), or
@@ -161,60 +81,13 @@ type GetRequest struct {
 	NextBySubject string `json:"next_by_subj,omitempty"`
 }
 
-// WrongLastSequence reports whether err is the server refusing a publish
-// whose Nats-Expected-Last-Subject-Sequence (or KV revision) did not match:
-// another writer got there first. Code 10071 on R1 streams; replicated
-// streams answer 10164 in some paths (nats-notes §1), which nats.go maps to
-// ErrKeyRevisionMismatch for KV.
-func WrongLastSequence(err error) bool {
-	if errors.Is(err, natsjs.ErrKeyExists) || errors.Is(err, natsjs.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *natsjs.APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.ErrorCode == natsjs.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == 10164
-	}
-	return false
-}
-
-// attemptTimeout bounds one try of a setup request; see Setup.
-const attemptTimeout = 3 * time.Second
-
-// Setup runs an idempotent stream or bucket setup with short attempts until
-// ctx ends (30 s when ctx has no deadline). On a NATS cluster two processes
-// creating the same replicated asset at once can leave the losing request
-// unanswered, while a second attempt finds the asset at once, so several
-// short attempts beat one long one. Errors that retrying cannot fix
-// (nats.go's invalid-configuration errors) return at once.
-func Setup(ctx context.Context, what string, setup func(context.Context) error) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-	}
-	for {
-		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-		err := setup(actx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		var apiErr *natsjs.APIError
-		if ctx.Err() != nil || errors.As(err, &apiErr) && apiErr.Code == 400 {
-			return fmt.Errorf("open %s: %w", what, err)
-		}
-		t := time.NewTimer(100 * time.Millisecond)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("open %s: %w", what, err)
-		}
-	}
-}
-
-// maxBatch is how many messages one direct-get batch asks for.
-const maxBatch = 1000
+const (
+	// maxBatch is how many messages one direct-get batch asks for.
+	maxBatch = 1000
+	// batchAttempt is how long ReadSubject waits for a batch that stopped
+	// arriving before asking again.
+	batchAttempt = 3 * time.Second
+)
 
 // ReadSubject calls fn, in stream order, for each message on subject whose
 // sequence is at least from, until it has handled one at or past upTo. It
@@ -278,7 +151,7 @@ func readBatch(ctx context.Context, nc *nats.Conn, sub *nats.Subscription, strea
 		return err
 	}
 	// A batch that stops arriving (its server went away) is asked again.
-	actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	actx, cancel := context.WithTimeout(ctx, batchAttempt)
 	defer cancel()
 	for {
 		m, err := sub.NextMsgWithContext(actx)
@@ -307,20 +180,4 @@ func readBatch(ctx context.Context, nc *nats.Conn, sub *nats.Subscription, strea
 		}
 		*next = seq + 1
 	}
-}
-
-// ValidName reports whether s is a name that is one subject token:
-// [A-Za-z0-9_-]{1,64}; with dots, up to 128 bytes that may also hold '.'
-// (several tokens).
-func ValidName(s string, dots bool) bool {
-	if len(s) == 0 || len(s) > 128 || !dots && len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || dots && c == '.') {
-			return false
-		}
-	}
-	return true
 }

@@ -1,4 +1,4 @@
-package jskit
+package jetstream
 
 import (
 	"context"

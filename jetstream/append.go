@@ -1,8 +1,9 @@
-package jskit
+package jetstream
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strconv"
@@ -10,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 )
 
 // Outcomes of Append besides success and the server's other refusals.
@@ -18,10 +18,10 @@ var (
 	// ErrRefused: the subject's last sequence was not the expected one
 	// (another writer appended first); nothing was stored. Append returns
 	// it as a *RefusedError.
-	ErrRefused = errors.New("jskit: expected last sequence refused")
+	ErrRefused = errors.New("jetstream: expected last sequence refused")
 	// ErrOutcomeUnknown: no attempt was answered before ctx ended; the
 	// messages may or may not be stored.
-	ErrOutcomeUnknown = errors.New("jskit: append outcome unknown")
+	ErrOutcomeUnknown = errors.New("jetstream: append outcome unknown")
 )
 
 // RefusedError is a refused conditional append: the subject was at Actual
@@ -29,7 +29,7 @@ var (
 type RefusedError struct{ Expected, Actual uint64 }
 
 func (e *RefusedError) Error() string {
-	return fmt.Sprintf("jskit: expected last sequence %d refused, subject at %d", e.Expected, e.Actual)
+	return fmt.Sprintf("jetstream: expected last sequence %d refused, subject at %d", e.Expected, e.Actual)
 }
 
 // Is reports whether target is ErrRefused.
@@ -64,7 +64,7 @@ type Append struct {
 
 // ErrNoAnswer marks an attempt that got no answer, so may or may not have
 // stored (an Attempt hook returns it to simulate a lost acknowledgement).
-var ErrNoAnswer = errors.New("jskit: no answer")
+var ErrNoAnswer = errors.New("jetstream: no answer")
 
 // Do publishes msgs (their Subject is set to a.Subject) and returns the
 // sequence of the last one. Errors: *RefusedError (ErrRefused),
@@ -72,9 +72,9 @@ var ErrNoAnswer = errors.New("jskit: no answer")
 // refusal, after which nothing was stored.
 func (a *Append) Do(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
 	if len(msgs) == 0 {
-		return 0, errors.New("jskit: nothing to append")
+		return 0, errors.New("jetstream: nothing to append")
 	}
-	id := nuid.Next()
+	id := newID()
 	for _, m := range msgs {
 		m.Subject = a.Subject
 		if m.Header == nil {
@@ -135,7 +135,7 @@ func (a *Append) publish(ctx context.Context, msgs []*nats.Msg) (uint64, error) 
 	if len(msgs) > 1 {
 		// The staged messages of a batch need no answer: the commit's
 		// acknowledgement covers all, and a lost one fails the commit.
-		batchID := nuid.Next()
+		batchID := newID()
 		for i, m := range msgs {
 			m.Header[batchIDHeader] = []string{batchID}
 			m.Header[batchSeqHeader] = []string{strconv.Itoa(i + 1)}
@@ -187,32 +187,10 @@ func (a *Append) refused(ctx context.Context, id string, n int) (seq uint64, set
 	return 0, true, re
 }
 
-// Codec encodes values stored by the pattern packages. mesh.JSON and
-// mesh.Msgpack satisfy it.
-type Codec interface {
-	Name() string
-	Marshal(v any) ([]byte, error)
-	Unmarshal(data []byte, v any) error
-}
-
-type jsonCodec struct{}
-
-func (jsonCodec) Name() string                       { return "json" }
-func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
-func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
-
-// JSON is the default codec (encoding/json).
-var JSON Codec = jsonCodec{}
-
-// CodecFor returns the codec that decodes data stored with the named codec:
-// configured when the names match, JSON for "json" (or no name), else an
-// error. So a store's codec may change while old JSON data stays readable.
-func CodecFor(name string, configured Codec) (Codec, error) {
-	switch name {
-	case configured.Name():
-		return configured, nil
-	case "", JSON.Name():
-		return JSON, nil
-	}
-	return nil, fmt.Errorf("stored with codec %q, configured %q", name, configured.Name())
+// newID returns a random id for an append or a batch: 96 bits, as
+// unguessable as a NUID, in 16 URL-safe characters.
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }
