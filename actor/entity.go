@@ -128,13 +128,15 @@ func (r RPC[Req, Resp]) Info() RPCInfo { return r.d }
 // Info returns the RPC's description.
 func (r StreamRPC[Req, Chunk]) Info() RPCInfo { return r.d }
 
-// RPCOption configures an RPC at declaration.
-type RPCOption func(*rpcDesc)
+// RPCOption configures an RPC at declaration. A bad one makes the
+// declaration panic: declarations run at start-up, and a mistake there is
+// the program's.
+type RPCOption func(*rpcDesc) error
 
 // Persisted marks an RPC as persisted: the mesh stores its messages in a
 // JetStream stream before delivery and retries them until handled. The
 // in-process runtime delivers them like any other message.
-func Persisted() RPCOption { return func(d *rpcDesc) { d.persisted = true } }
+func Persisted() RPCOption { return func(d *rpcDesc) error { d.persisted = true; return nil } }
 
 // Failure declares that the RPC may fail with an error of type E, identified
 // on the wire by code. A handler returns it as its error; a caller matches it
@@ -142,16 +144,17 @@ func Persisted() RPCOption { return func(d *rpcDesc) { d.persisted = true } }
 // call's codec). code must match [A-Za-z0-9_-]{1,64}.
 func Failure[E error](code string) RPCOption {
 	t := reflect.TypeFor[E]()
-	return func(d *rpcDesc) {
+	return func(d *rpcDesc) error {
 		if !ValidName(code) {
-			panic(fmt.Sprintf("actor: rpc %s/%s: invalid failure code %q", d.entity.name, d.name, code))
+			return fmt.Errorf("%w: invalid failure code %q", ErrInvalidOption, code)
 		}
 		for _, f := range d.failures {
 			if f.Code == code || f.Type == t {
-				panic(fmt.Sprintf("actor: rpc %s/%s: failure %q declared twice", d.entity.name, d.name, code))
+				return fmt.Errorf("%w: failure %q declared twice", ErrInvalidOption, code)
 			}
 		}
 		d.failures = append(d.failures, FailureInfo{Code: code, Type: t})
+		return nil
 	}
 }
 
@@ -167,7 +170,9 @@ func (e *Entity) declare(name string, kind RPCKind, opts []RPCOption) *rpcDesc {
 	}
 	d := &rpcDesc{entity: e, name: name, index: len(e.rpcs), kind: kind}
 	for _, o := range opts {
-		o(d)
+		if err := o(d); err != nil {
+			panic(fmt.Sprintf("actor: rpc %s/%s: %v", e.name, name, err))
+		}
 	}
 	e.rpcs = append(e.rpcs, d)
 	e.byName[name] = d

@@ -28,8 +28,12 @@ var (
 	// ErrInvalidID is returned for an entity id that is empty, longer than
 	// MaxIDLength bytes, or not valid UTF-8.
 	ErrInvalidID = errors.New("actor: invalid entity id")
-	// ErrInvalidOption wraps every rejected option or registration.
-	ErrInvalidOption = errors.New("actor: invalid option")
+	// ErrInvalidOption wraps every rejected option, configuration field,
+	// argument or registration. It is natsmesh's one sentinel for invalid
+	// input: every package that refuses input exports it under the same
+	// name (mesh.ErrInvalidOption is this value, and so on), so errors.Is
+	// matches it whichever package refused.
+	ErrInvalidOption = errors.New("natsmesh: invalid option")
 	// ErrActivation wraps the error an init function returned.
 	ErrActivation = errors.New("actor: activation failed")
 	// ErrDefect matches every *Defect with errors.Is.

@@ -19,8 +19,9 @@ import (
 var (
 	// ErrSyntax wraps a cron expression that does not parse.
 	ErrSyntax = cronexpr.ErrSyntax
-	// ErrInvalid wraps every other rejected argument.
-	ErrInvalid = errors.New("cron: invalid argument")
+	// ErrInvalidOption wraps every other rejected argument (it is
+	// actor.ErrInvalidOption).
+	ErrInvalidOption = actor.ErrInvalidOption
 	// ErrUnknownJob is the reply of a tick for a job this runner does not
 	// know (its code was removed, or a rolling deploy is half done).
 	ErrUnknownJob = errors.New("cron: unknown job")
@@ -80,25 +81,27 @@ var (
 	remind = reminder.NewRPC(entity)
 )
 
-// New returns an empty set of jobs that keeps its schedules with rem.
-func New(rem *reminder.Service, log *slog.Logger) *Crons {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// New returns an empty set of jobs that keeps its schedules with rem and
+// logs through it.
+func New(rem *reminder.Service) *Crons {
+	log := slog.New(slog.DiscardHandler)
+	if rem != nil {
+		log = rem.Logger()
 	}
 	return &Crons{rem: rem, rpc: remind, log: log, jobs: map[string]*Job{}}
 }
 
 // Add adds a job. Add every job before Install. Errors: ErrSyntax,
-// ErrInvalid.
+// ErrInvalidOption.
 func (c *Crons) Add(j Job) error {
 	if j.Name == "" || j.Run == nil {
-		return fmt.Errorf("%w: a job needs a name and a Run function", ErrInvalid)
+		return fmt.Errorf("%w: a job needs a name and a Run function", ErrInvalidOption)
 	}
 	if err := actor.ValidateID(j.Name); err != nil {
-		return fmt.Errorf("%w: job name: %w", ErrInvalid, err)
+		return fmt.Errorf("%w: job name: %w", ErrInvalidOption, err)
 	}
 	if j.SkipIfOlderThan < 0 {
-		return fmt.Errorf("%w: negative SkipIfOlderThan", ErrInvalid)
+		return fmt.Errorf("%w: negative SkipIfOlderThan", ErrInvalidOption)
 	}
 	if j.SkipIfOlderThan == 0 {
 		j.SkipIfOlderThan = DefaultSkipIfOlderThan
@@ -112,7 +115,7 @@ func (c *Crons) Add(j Job) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, dup := c.jobs[j.Name]; dup {
-		return fmt.Errorf("%w: job %q added twice", ErrInvalid, j.Name)
+		return fmt.Errorf("%w: job %q added twice", ErrInvalidOption, j.Name)
 	}
 	c.jobs[j.Name] = &j
 	return nil
@@ -126,7 +129,7 @@ func (j *Job) options() ([]reminder.Option, error) {
 	var s reminder.Spec // check the options now, not at the first tick
 	for _, o := range opts {
 		if err := o(&s); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+			return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
 		}
 	}
 	return opts, nil

@@ -56,7 +56,7 @@ func (r *runs) by(tick time.Time) []string {
 // rs under the runner's id).
 func startRunner(t *testing.T, url string, cfg mesh.Config, job cron.Job, rs *runs) *meshtest.Runner {
 	return meshtest.StartRunner(t, url, cfg, func(nc *nats.Conn, r *mesh.Runner) {
-		rem, err := reminder.New(context.Background(), nc, cfg)
+		rem, err := reminder.New(context.Background(), r.Client())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,7 +65,7 @@ func startRunner(t *testing.T, url string, cfg mesh.Config, job cron.Job, rs *ru
 			rs.record(r.ID(), tick)
 			return nil
 		}
-		crons := cron.New(rem, nil)
+		crons := cron.New(rem)
 		if err := crons.Add(j); err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +113,7 @@ func TestOncePerTickThreeRunners(t *testing.T) {
 	if len(ran) < 2 {
 		t.Fatalf("every tick ran on %v; the job did not move", ran)
 	}
-	rem, err := reminder.New(context.Background(), meshtest.Connect(t, s.ClientURL()), cfg)
+	rem, err := reminder.New(context.Background(), meshtest.Client(t, meshtest.Connect(t, s.ClientURL()), cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,18 +157,18 @@ func TestMissedTicks(t *testing.T) {
 }
 
 func TestAddInvalid(t *testing.T) {
-	crons := cron.New(nil, nil)
+	crons := cron.New(nil)
 	run := func(context.Context, time.Time) error { return nil }
 	tests := []struct {
 		name string
 		job  cron.Job
 		want error
 	}{
-		{"no name", cron.Job{Schedule: "* * * * *", Run: run}, cron.ErrInvalid},
-		{"no run", cron.Job{Name: "a", Schedule: "* * * * *"}, cron.ErrInvalid},
+		{"no name", cron.Job{Schedule: "* * * * *", Run: run}, cron.ErrInvalidOption},
+		{"no run", cron.Job{Name: "a", Schedule: "* * * * *"}, cron.ErrInvalidOption},
 		{"bad expression", cron.Job{Name: "a", Schedule: "* * *", Run: run}, cron.ErrSyntax},
-		{"negative skip", cron.Job{Name: "a", Schedule: "* * * * *", Run: run, SkipIfOlderThan: -time.Second}, cron.ErrInvalid},
-		{"unnamed zone", cron.Job{Name: "a", Schedule: "* * * * *", Run: run, Location: time.FixedZone("X", 60)}, cron.ErrInvalid},
+		{"negative skip", cron.Job{Name: "a", Schedule: "* * * * *", Run: run, SkipIfOlderThan: -time.Second}, cron.ErrInvalidOption},
+		{"unnamed zone", cron.Job{Name: "a", Schedule: "* * * * *", Run: run, Location: time.FixedZone("X", 60)}, cron.ErrInvalidOption},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -180,7 +180,7 @@ func TestAddInvalid(t *testing.T) {
 	if err := crons.Add(cron.Job{Name: "a", Schedule: "@daily", Run: run}); err != nil {
 		t.Fatal(err)
 	}
-	if err := crons.Add(cron.Job{Name: "a", Schedule: "@daily", Run: run}); !errors.Is(err, cron.ErrInvalid) {
+	if err := crons.Add(cron.Job{Name: "a", Schedule: "@daily", Run: run}); !errors.Is(err, cron.ErrInvalidOption) {
 		t.Fatalf("second Add of a = %v, want ErrInvalid", err)
 	}
 }

@@ -24,7 +24,7 @@ func BenchmarkSaveWriteBehind(b *testing.B) {
 }
 
 func benchSave(b *testing.B, wb *WriteBehind) {
-	env := newEnv(b, Config{})
+	env := newEnv(b, DefaultConfig())
 	spec := cartSpec(wb)
 	// A fixed-size state: replace the single item each time.
 	spec.Handlers[0] = Handle(Add, func(ctx context.Context, e *Entity[cart], item string) (int, error) {

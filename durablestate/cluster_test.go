@@ -21,14 +21,14 @@ func TestClusterCrashAndLeaderLoss(t *testing.T) {
 	}
 	servers := natstest.StartCluster(t, 3)
 	host := func() *actor.Runtime {
-		st, err := Open(natstest.Connect(t, servers...), Config{Replicas: 3, WriteAttemptTimeout: time.Second})
+		st, err := Open(natstest.Connect(t, servers...), replicated(time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return runtimeFor(t, st, cartSpec(nil))
 	}
 	crashNC := natstest.Connect(t, servers...)
-	st1, err := Open(crashNC, Config{Replicas: 3})
+	st1, err := Open(crashNC, replicated(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,4 +65,15 @@ func TestClusterCrashAndLeaderLoss(t *testing.T) {
 	if got := patterntest.Call(t, third, Items, "c", actor.Empty{}); fmt.Sprint(got.Items) != fmt.Sprint(want) {
 		t.Fatalf("stored %d items, want the %d acknowledged", len(got.Items), len(want))
 	}
+}
+
+// replicated is the configuration of a 3-replica store; attempt, if not
+// zero, bounds each write attempt.
+func replicated(attempt time.Duration) Config {
+	cfg := DefaultConfig()
+	cfg.Replicas = 3
+	if attempt != 0 {
+		cfg.WriteAttemptTimeout = attempt
+	}
+	return cfg
 }

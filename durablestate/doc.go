@@ -18,7 +18,9 @@
 //
 //	type cart struct{ Items []string `json:"items"` }
 //
-//	store, _ := durablestate.Open(nc, durablestate.Config{Replicas: 3})
+//	cfg := durablestate.DefaultConfig()
+//	cfg.Replicas = 3
+//	store, _ := durablestate.Open(nc, cfg)
 //	behavior, _ := durablestate.New(ctx, store, Cart, durablestate.Spec[cart]{
 //		Handlers: []durablestate.Handler[cart]{
 //			durablestate.Handle(Add, func(ctx context.Context, e *durablestate.Entity[cart], item string) (int, error) {

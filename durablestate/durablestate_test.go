@@ -103,7 +103,7 @@ func stored(t testing.TB, env *env, id string) (cart, uint64) {
 }
 
 func TestWriteThrough(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	rt := runtimeFor(t, env.store, cartSpec(nil))
 	ids := []string{"plain", "a.b", "*", ">", "with space", "ünï", "=3D", "\ttab"}
 	for _, id := range ids {
@@ -135,7 +135,7 @@ func TestWriteThrough(t *testing.T) {
 // Two runtimes with the same entity active: the second writer's stale
 // revision is refused, and it reloads before its next command.
 func TestRevisionConflict(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	a := runtimeFor(t, env.store, cartSpec(nil))
 	b := runtimeFor(t, env.store, cartSpec(nil))
 	patterntest.Call(t, a, Add, "c", "a1")
@@ -160,7 +160,7 @@ func TestRevisionConflict(t *testing.T) {
 // Across the mesh the declared *ConflictError arrives typed.
 func TestRevisionConflictTwoRunners(t *testing.T) {
 	s := natstest.StartServer(t)
-	store, err := Open(natstest.Connect(t, s), Config{})
+	store, err := Open(natstest.Connect(t, s), DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,17 +201,17 @@ func TestRevisionConflictTwoRunners(t *testing.T) {
 // An acknowledgement lost after the write landed: the retry is refused,
 // and the write id shows it was this write.
 func TestUnansweredWriteThatLanded(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	rt := runtimeFor(t, env.store, cartSpec(nil))
-	testHookAttempt = func(attempt int, publish func() (uint64, error)) (uint64, error) {
+	env.store.hooks = &hooks{attempt: func(attempt int, publish func() (uint64, error)) (uint64, error) {
 		seq, err := publish()
 		if attempt == 1 && err == nil {
 			return 0, jetstream.ErrNoAnswer
 		}
 		return seq, err
-	}
+	}}
 	got, err := actor.Call(context.Background(), rt, Add, "c", "x")
-	testHookAttempt = nil
+	env.store.hooks = nil
 	if err != nil || got != 1 {
 		t.Fatalf("Add with a lost ack = %d, %v", got, err)
 	}
@@ -222,7 +222,7 @@ func TestUnansweredWriteThatLanded(t *testing.T) {
 
 func TestWriteBehind(t *testing.T) {
 	t.Run("flushed at passivation", func(t *testing.T) {
-		env := newEnv(t, Config{})
+		env := newEnv(t, DefaultConfig())
 		rt := runtimeFor(t, env.store, cartSpec(&WriteBehind{Interval: time.Hour}))
 		for _, it := range []string{"a", "b", "c"} {
 			patterntest.Call(t, rt, Add, "wb", it)
@@ -236,7 +236,7 @@ func TestWriteBehind(t *testing.T) {
 		}
 	})
 	t.Run("flushed at shutdown", func(t *testing.T) {
-		env := newEnv(t, Config{})
+		env := newEnv(t, DefaultConfig())
 		rt := runtimeFor(t, env.store, cartSpec(&WriteBehind{Interval: time.Hour}))
 		patterntest.Call(t, rt, Add, "wb", "a")
 		if err := rt.Shutdown(context.Background()); err != nil {
@@ -247,7 +247,7 @@ func TestWriteBehind(t *testing.T) {
 		}
 	})
 	t.Run("flushed after Interval", func(t *testing.T) {
-		env := newEnv(t, Config{})
+		env := newEnv(t, DefaultConfig())
 		rt := runtimeFor(t, env.store, cartSpec(&WriteBehind{Interval: 50 * time.Millisecond}))
 		patterntest.Call(t, rt, Add, "wb", "a")
 		patterntest.Call(t, rt, Add, "wb", "b")
@@ -257,7 +257,7 @@ func TestWriteBehind(t *testing.T) {
 		}, "the timer flush")
 	})
 	t.Run("flushed at MaxChanges", func(t *testing.T) {
-		env := newEnv(t, Config{})
+		env := newEnv(t, DefaultConfig())
 		rt := runtimeFor(t, env.store, cartSpec(&WriteBehind{Interval: time.Hour, MaxChanges: 3}))
 		patterntest.Call(t, rt, Add, "wb", "a")
 		patterntest.Call(t, rt, Add, "wb", "b")
@@ -270,7 +270,7 @@ func TestWriteBehind(t *testing.T) {
 		}
 	})
 	t.Run("refused flush loses the unsaved changes, never stores over another writer", func(t *testing.T) {
-		env := newEnv(t, Config{})
+		env := newEnv(t, DefaultConfig())
 		a := runtimeFor(t, env.store, cartSpec(&WriteBehind{Interval: time.Hour}))
 		b := runtimeFor(t, env.store, cartSpec(nil))
 		patterntest.Call(t, a, Items, "wb", actor.Empty{}) // a loads: nothing stored
@@ -287,7 +287,7 @@ func TestWriteBehind(t *testing.T) {
 }
 
 func TestMigrate(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	// Version 0 stored a comma-free list under "list".
 	if _, err := env.store.js.CreateKeyValue(context.Background(), natsjsKV(env.store.Bucket(Cart.Name()))); err != nil {
 		t.Fatal(err)
@@ -330,7 +330,7 @@ func TestMigrate(t *testing.T) {
 }
 
 func TestInvalidSpec(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	other := actor.NewEntity("Other")
 	otherRPC := actor.NewRPC[int, int](other, "Do")
 	tests := map[string]Spec[cart]{
@@ -342,16 +342,20 @@ func TestInvalidSpec(t *testing.T) {
 		"two for one rpc":  {Handlers: []Handler[cart]{cartSpec(nil).Handlers[0], cartSpec(nil).Handlers[0]}},
 	}
 	for name, spec := range tests {
-		if _, err := New(context.Background(), env.store, Cart, spec); !errors.Is(err, ErrInvalidSpec) {
-			t.Errorf("%s: New = %v, want ErrInvalidSpec", name, err)
+		if _, err := New(context.Background(), env.store, Cart, spec); !errors.Is(err, ErrInvalidOption) {
+			t.Errorf("%s: New = %v, want ErrInvalidOption", name, err)
 		}
 	}
-	if _, err := New(context.Background(), nil, Cart, cartSpec(nil)); !errors.Is(err, ErrInvalidSpec) {
+	if _, err := New(context.Background(), nil, Cart, cartSpec(nil)); !errors.Is(err, ErrInvalidOption) {
 		t.Errorf("nil store: %v", err)
 	}
-	for _, cfg := range []Config{{Prefix: "a.b"}, {Replicas: 6}, {LoadTimeout: -1}} {
-		if _, err := Open(env.nc, cfg); !errors.Is(err, ErrInvalidSpec) {
-			t.Errorf("Open(%+v) = %v, want ErrInvalidSpec", cfg, err)
+	for _, change := range []func(*Config){
+		func(c *Config) { c.Prefix = "a.b" }, func(c *Config) { c.Replicas = 6 }, func(c *Config) { c.LoadTimeout = -1 },
+	} {
+		cfg := DefaultConfig()
+		change(&cfg)
+		if _, err := Open(env.nc, cfg); !errors.Is(err, ErrInvalidOption) {
+			t.Errorf("Open(%+v) = %v, want ErrInvalidOption", cfg, err)
 		}
 	}
 }

@@ -97,7 +97,7 @@ type definition[S any] struct {
 // is an activation failure (actor.ErrActivation), retried per the entity's
 // DefectRetryPolicy.
 //
-// New returns an error wrapping ErrInvalidSpec for a nil store or entity, a
+// New returns an error wrapping ErrInvalidOption for a nil store or entity, a
 // handler for another entity's RPC or two for one RPC, or a WriteBehind
 // without a positive Interval; or the server's error creating the bucket
 // (after retrying until ctx ends; 30 s when ctx has no deadline).
@@ -140,7 +140,7 @@ func define[S any](store *Store, entity *actor.Entity, spec Spec[S]) (*definitio
 		name = entity.Name()
 	}
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrInvalidSpec, name, fmt.Sprintf(format, args...))
+		return fmt.Errorf("%w: %s: %s", ErrInvalidOption, name, fmt.Sprintf(format, args...))
 	}
 	switch {
 	case store == nil:
@@ -302,7 +302,10 @@ func (e *Entity[S]) write(ctx context.Context, s S, marker nats.Header) error {
 	a := jetstream.Append{
 		NC: st.nc, JS: st.js, Stream: e.d.stream, Subject: e.subject,
 		Expected: e.rev, IDHeader: HeaderWriteID,
-		AttemptTimeout: st.cfg.WriteAttemptTimeout, Attempt: testHookAttempt,
+		AttemptTimeout: st.cfg.WriteAttemptTimeout,
+	}
+	if st.hooks != nil {
+		a.Attempt = st.hooks.attempt
 	}
 	rev, err := a.Do(ctx, []*nats.Msg{m})
 	var re *jetstream.RefusedError
@@ -326,9 +329,6 @@ func (e *Entity[S]) write(ctx context.Context, s S, marker nats.Header) error {
 	return fmt.Errorf("write state of %s: %w", e.addr, err)
 }
 
-// testHookAttempt, when set (tests), runs each write attempt (jetstream.Append.Attempt).
-var testHookAttempt func(attempt int, publish func() (uint64, error)) (uint64, error)
-
 // flush stores the unsaved state; the guard is held.
 func (e *Entity[S]) flush(ctx context.Context) error {
 	if e.dirty == 0 {
@@ -337,7 +337,7 @@ func (e *Entity[S]) flush(ctx context.Context) error {
 	n := e.dirty
 	if err := e.write(ctx, e.state, nil); err != nil {
 		if e.g.Stale() != nil {
-			e.d.store.cfg.Logger.Warn("durablestate: unsaved changes lost", "entity", e.addr.String(), "changes", n, "err", err)
+			e.d.store.log.Warn("durablestate: unsaved changes lost", "entity", e.addr.String(), "changes", n, "err", err)
 			e.dirty = 0
 			e.stopTimer()
 		}
@@ -361,7 +361,7 @@ func (e *Entity[S]) flushLater() {
 	ctx, cancel := context.WithTimeout(context.Background(), e.d.store.cfg.LoadTimeout)
 	defer cancel()
 	if err := e.flush(ctx); err != nil && e.g.Stale() == nil {
-		e.d.store.cfg.Logger.Warn("durablestate: flush failed, retrying", "entity", e.addr.String(), "err", err)
+		e.d.store.log.Warn("durablestate: flush failed, retrying", "entity", e.addr.String(), "err", err)
 		e.timer = time.AfterFunc(e.d.spec.WriteBehind.Interval, e.flushLater)
 	}
 }
@@ -383,7 +383,7 @@ func (e *Entity[S]) stop(ctx context.Context) {
 		return
 	}
 	if err := e.flush(ctx); err != nil && e.g.Stale() == nil {
-		e.d.store.cfg.Logger.Warn("durablestate: unsaved changes lost at stop", "entity", e.addr.String(), "changes", e.dirty, "err", err)
+		e.d.store.log.Warn("durablestate: unsaved changes lost at stop", "entity", e.addr.String(), "changes", e.dirty, "err", err)
 	}
 }
 

@@ -55,7 +55,7 @@ func Example() {
 	}
 	defer nc.Close()
 	ctx := context.Background()
-	store, err := durablestate.Open(nc, durablestate.Config{})
+	store, err := durablestate.Open(nc, durablestate.DefaultConfig())
 	if err != nil {
 		panic(err)
 	}

@@ -30,8 +30,9 @@ var (
 	// ErrDecode is returned by activation when the stored state cannot be
 	// decoded or migrated; the entity does not start from a guess.
 	ErrDecode = errors.New("durablestate: cannot decode state")
-	// ErrInvalidSpec wraps every rejected Spec or Config.
-	ErrInvalidSpec = errors.New("durablestate: invalid spec")
+	// ErrInvalidOption wraps every rejected Spec, Config field or option
+	// (it is actor.ErrInvalidOption).
+	ErrInvalidOption = actor.ErrInvalidOption
 )
 
 // ConflictError is the error of a refused write: the entity's key was at
@@ -65,78 +66,95 @@ const (
 	HeaderWriteID = "Mesh-Write-Id"
 )
 
-// Config configures a Store. The zero value of each field means its default.
+// Config configures a Store. Start from DefaultConfig.
 type Config struct {
-	// Prefix names the buckets, <Prefix>_state_<EntityType>. Default
-	// "mesh", the mesh's default prefix.
+	// Prefix names the buckets, <Prefix>_state_<EntityType>: the mesh's
+	// prefix.
 	Prefix string
-	// Replicas is the replication of the buckets: 1 (default) on a single
-	// server, 3 on a cluster.
+	// Replicas is the replication of the buckets: 1 on a single server, 3
+	// on a cluster.
 	Replicas int
-	// Codec encodes states (default JSON).
+	// Codec encodes states.
 	Codec actor.Codec
 	// LoadTimeout bounds loading an entity's state on activation, and a
-	// write-behind flush outside a command. Default 30 s.
+	// write-behind flush outside a command.
 	LoadTimeout time.Duration
 	// WriteAttemptTimeout bounds one attempt to write; an attempt with no
 	// answer is retried with the same revision until the handler's context
-	// ends. Default 5 s.
+	// ends.
 	WriteAttemptTimeout time.Duration
-	// Logger hears of write-behind changes that could not be flushed. Nil
-	// discards.
-	Logger *slog.Logger
 }
 
-func (c *Config) defaults() error {
-	if c.Prefix == "" {
-		c.Prefix = "mesh"
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.Codec == nil {
-		c.Codec = protocol.JSON
-	}
-	if c.LoadTimeout == 0 {
-		c.LoadTimeout = 30 * time.Second
-	}
-	if c.WriteAttemptTimeout == 0 {
-		c.WriteAttemptTimeout = 5 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
+// DefaultConfig returns prefix "mesh" (the mesh's default), one replica,
+// JSON, a 30 s load timeout and 5 s write attempts.
+func DefaultConfig() Config {
+	return Config{Prefix: "mesh", Replicas: 1, Codec: protocol.JSON, LoadTimeout: 30 * time.Second, WriteAttemptTimeout: 5 * time.Second}
+}
+
+// Validate reports the first bad field, wrapping ErrInvalidOption.
+func (c *Config) Validate() error {
 	switch {
 	case !actor.ValidName(c.Prefix):
-		return fmt.Errorf("%w: Prefix %q: want [A-Za-z0-9_-]{1,64}", ErrInvalidSpec, c.Prefix)
+		return fmt.Errorf("%w: Prefix %q: want [A-Za-z0-9_-]{1,64}", ErrInvalidOption, c.Prefix)
 	case c.Replicas < 1 || c.Replicas > 5:
-		return fmt.Errorf("%w: Replicas %d: want 1 to 5", ErrInvalidSpec, c.Replicas)
-	case c.LoadTimeout < 0 || c.WriteAttemptTimeout < 0:
-		return fmt.Errorf("%w: negative timeout", ErrInvalidSpec)
+		return fmt.Errorf("%w: Replicas %d: want 1 to 5", ErrInvalidOption, c.Replicas)
+	case c.Codec == nil:
+		return fmt.Errorf("%w: no Codec", ErrInvalidOption)
+	case c.LoadTimeout <= 0 || c.WriteAttemptTimeout <= 0:
+		return fmt.Errorf("%w: LoadTimeout %v, WriteAttemptTimeout %v: want positive timeouts", ErrInvalidOption, c.LoadTimeout, c.WriteAttemptTimeout)
 	}
 	return nil
+}
+
+// Option configures a Store beyond its Config.
+type Option func(*Store) error
+
+// WithLogger sends the store's warnings (write-behind changes that could
+// not be flushed) to l; without it they are discarded.
+func WithLogger(l *slog.Logger) Option {
+	return func(st *Store) error {
+		if l == nil {
+			return fmt.Errorf("%w: WithLogger(nil)", ErrInvalidOption)
+		}
+		st.log = l
+		return nil
+	}
 }
 
 // Store holds the connection and settings shared by the durable-state
 // entity types of a process; New creates each type's bucket. It is safe for
 // concurrent use.
 type Store struct {
-	nc  *nats.Conn
-	js  natsjs.JetStream
-	cfg Config
+	nc    *nats.Conn
+	js    natsjs.JetStream
+	cfg   Config
+	log   *slog.Logger
+	hooks *hooks // tests only (export_test.go); nil in production
+}
+
+// hooks are test hooks, set by tests only: nil runs none.
+type hooks struct {
+	// attempt runs each write attempt (jetstream.Append.Attempt).
+	attempt func(attempt int, publish func() (uint64, error)) (uint64, error)
 }
 
 // Open returns a Store. It does no I/O; it returns an error wrapping
-// ErrInvalidSpec for a bad Config.
-func Open(nc *nats.Conn, cfg Config) (*Store, error) {
-	if err := cfg.defaults(); err != nil {
+// ErrInvalidOption for a bad Config or option.
+func Open(nc *nats.Conn, cfg Config, opts ...Option) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	js, err := natsjs.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{nc: nc, js: js, cfg: cfg}, nil
+	st := &Store{nc: nc, js: js, cfg: cfg, log: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		if err := opt(st); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
 }
 
 // Bucket returns the name of the KV bucket of an entity type.

@@ -41,7 +41,7 @@ func rawAppend(b *testing.B, js natsjs.JetStream, subj string, seq *uint64) {
 // persisting one event, against sequential conditional publishes to one
 // subject.
 func BenchmarkAppendOneEntity(b *testing.B) {
-	env := newEnv(b, Config{})
+	env := newEnv(b, DefaultConfig())
 	rt := runtimeFor(b, env.store, accountSpec(0))
 	ctx := context.Background()
 	raw := env.store.Subject("Raw", "one")
@@ -58,7 +58,7 @@ func BenchmarkAppendOneEntity(b *testing.B) {
 // measured below), against 64 callers publishing to their share of 1,000
 // subjects.
 func BenchmarkAppend1000Entities(b *testing.B) {
-	env := newEnv(b, Config{})
+	env := newEnv(b, DefaultConfig())
 	rt := runtimeFor(b, env.store, accountSpec(0))
 	ids := make([][]string, inFlight)
 	seqs := make([][]uint64, inFlight)
@@ -148,7 +148,7 @@ func rawRead(b *testing.B, env *env, id string) {
 // BenchmarkActivate10kEvents: rebuild an entity with 10,000 events and no
 // snapshot (a replay of all of them), against reading those events raw.
 func BenchmarkActivate10kEvents(b *testing.B) {
-	env := newEnv(b, Config{})
+	env := newEnv(b, DefaultConfig())
 	historyOf(b, env, "h", 10_000)
 	patterntest.Compare(b, "activations",
 		func(int) { activate(b, env, accountSpec(0), "h", 10_000) },
@@ -159,12 +159,12 @@ func BenchmarkActivate10kEvents(b *testing.B) {
 // its 10,000th event (a snapshot read, no replay), against reading the
 // events raw.
 func BenchmarkActivate10kEventsSnapshot(b *testing.B) {
-	env := newEnv(b, Config{})
+	env := newEnv(b, DefaultConfig())
 	historyOf(b, env, "h", 10_000)
 	activate(b, env, accountSpec(10_000), "h", 10_000) // replays all and writes the snapshot
 	var from uint64
-	testHookLoaded = func(_ actor.Address, snap uint64, _ int) { from = snap }
-	defer func() { testHookLoaded = nil }()
+	env.store.hooks = &hooks{loaded: func(_ actor.Address, snap uint64, _ int) { from = snap }}
+	defer func() { env.store.hooks = nil }()
 	patterntest.Compare(b, "activations",
 		func(int) { activate(b, env, accountSpec(10_000), "h", 10_000) },
 		func(int) { rawRead(b, env, "h") })

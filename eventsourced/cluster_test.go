@@ -35,7 +35,8 @@ func TestClusterRunnerCrashAndServerLoss(t *testing.T) {
 	cfg.ShardLockRefreshInterval = 2 * time.Second
 	cfg.RefreshAssignmentsInterval = time.Second
 	cfg.CallTimeout = 20 * time.Second
-	storeCfg := Config{Replicas: 3, AppendAttemptTimeout: time.Second}
+	storeCfg := DefaultConfig()
+	storeCfg.Replicas, storeCfg.AppendAttemptTimeout = 3, time.Second
 
 	connect := func() *nats.Conn {
 		nc, err := nats.Connect(url)
@@ -69,7 +70,7 @@ func TestClusterRunnerCrashAndServerLoss(t *testing.T) {
 	natstest.WaitFor(t, 30*time.Second, func() bool { return len(r1.Shards()) == 6 && len(r2.Shards()) == 6 }, "balanced")
 
 	cnc := connect()
-	client, err := mesh.NewClient(cnc, cfg)
+	client, err := mesh.NewClient(cnc, cfg.ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

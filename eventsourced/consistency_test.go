@@ -25,7 +25,7 @@ import (
 // one's append, the stale instance never answers from a diverged state,
 // and it rebuilds from the stream before its next command.
 func TestStaleWriterRefused(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	a := runtimeFor(t, env.store, accountSpec(0))
 	b := runtimeFor(t, env.store, accountSpec(0))
 	patterntest.Call(t, a, Deposit, "acct", 1) // a active, at 1
@@ -65,7 +65,7 @@ func TestStaleWriterRefused(t *testing.T) {
 func TestStaleWriterTwoRunners(t *testing.T) {
 	s := natstest.StartServer(t)
 	nc := natstest.Connect(t, s)
-	store, err := Open(context.Background(), nc, Config{})
+	store, err := Open(context.Background(), nc, DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestStaleWriterTwoRunners(t *testing.T) {
 		cfg := mesh.DefaultConfig()
 		cfg.Prefix, cfg.Standalone, cfg.ShardsPerGroup = prefix, true, 4
 		startRunner(t, natstest.Connect(t, s), cfg, store, accountSpec(0))
-		c, err := mesh.NewClient(natstest.Connect(t, s), cfg)
+		c, err := mesh.NewClient(natstest.Connect(t, s), cfg.ClientConfig)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,18 +101,18 @@ func TestStaleWriterTwoRunners(t *testing.T) {
 // An append whose answer is lost: the retry is refused because the first
 // attempt landed, and the append id tells that apart from a conflict.
 func TestUnansweredAppendThatLanded(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	rt := runtimeFor(t, env.store, accountSpec(0))
 	for _, parts := range [][]int{{7}, {1, 2, 3}} {
-		testHookAttempt = func(attempt int, publish func() (uint64, error)) (uint64, error) {
+		env.store.hooks = &hooks{attempt: func(attempt int, publish func() (uint64, error)) (uint64, error) {
 			seq, err := publish()
 			if attempt == 1 && err == nil {
 				return 0, fmt.Errorf("%w: simulated lost acknowledgement", jetstream.ErrNoAnswer)
 			}
 			return seq, err
-		}
+		}}
 		got, err := actor.Call(context.Background(), rt, Transfer, "a", parts)
-		testHookAttempt = nil
+		env.store.hooks = nil
 		if err != nil {
 			t.Fatalf("Transfer(%v) with a lost ack: %v", parts, err)
 		}
@@ -139,7 +139,7 @@ func TestPartitionUnknownOutcome(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	store, err := Open(context.Background(), nc, Config{AppendAttemptTimeout: 200 * time.Millisecond})
+	store, err := Open(context.Background(), nc, withAppendAttempt(200*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,20 +167,19 @@ func TestPartitionUnknownOutcome(t *testing.T) {
 // Snapshot plus replay gives the same state as a full replay, for random
 // command sequences, snapshot intervals and passivations.
 func TestSnapshotEquivalence(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var mu sync.Mutex
 	fromSnapshot := 0
-	testHookLoaded = func(_ actor.Address, snap uint64, _ int) {
+	env.store.hooks = &hooks{loaded: func(_ actor.Address, snap uint64, _ int) {
 		mu.Lock()
 		if snap > 0 {
 			fromSnapshot++
 		}
 		mu.Unlock()
-	}
-	t.Cleanup(func() { testHookLoaded = nil })
+	}}
 	for round := range 12 {
 		every := 1 + rng.IntN(7)
 		spec := accountSpec(every)

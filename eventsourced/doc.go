@@ -35,7 +35,9 @@
 //			}),
 //		},
 //	}
-//	store, _ := eventsourced.Open(ctx, nc, eventsourced.Config{Replicas: 3})
+//	cfg := eventsourced.DefaultConfig()
+//	cfg.Replicas = 3
+//	store, _ := eventsourced.Open(ctx, nc, cfg)
 //	behavior, _ := eventsourced.New(store, Account, spec, actor.MaxIdleTime(10*time.Minute))
 //	runner.Register(behavior)
 //

@@ -163,7 +163,10 @@ func (e *Entity[S]) append(ctx context.Context, msgs []*nats.Msg) (uint64, error
 	a := jetstream.Append{
 		NC: st.nc, JS: st.js, Stream: st.stream, Subject: e.subject,
 		Expected: e.seq, IDHeader: HeaderAppendID,
-		AttemptTimeout: st.cfg.AppendAttemptTimeout, Attempt: testHookAttempt,
+		AttemptTimeout: st.cfg.AppendAttemptTimeout,
+	}
+	if st.hooks != nil {
+		a.Attempt = st.hooks.attempt
 	}
 	last, err := a.Do(ctx, msgs)
 	var re *jetstream.RefusedError
@@ -229,19 +232,12 @@ func (e *Entity[S]) load(ctx context.Context, useSnapshot bool) error {
 	}
 	e.state, e.seq, e.events, e.since = state, seq, events, replayed
 	e.g.MarkFresh()
-	if h := testHookLoaded; h != nil {
-		h(e.addr, fromSnapshot, replayed)
+	if h := e.d.store.hooks; h != nil && h.loaded != nil {
+		h.loaded(e.addr, fromSnapshot, replayed)
 	}
 	e.maybeSnapshot()
 	return nil
 }
-
-// Test hooks, nil outside tests. testHookLoaded hears of every rebuild;
-// testHookAttempt runs each append attempt (jetstream.Append.Attempt).
-var (
-	testHookLoaded  func(addr actor.Address, fromSnapshot uint64, replayed int)
-	testHookAttempt func(attempt int, publish func() (uint64, error)) (uint64, error)
-)
 
 // decode turns a stored event into its Go value, upcasting old versions.
 func (d *definition[S]) decode(h nats.Header, data []byte, codec actor.Codec) (*EventType[S], any, error) {
@@ -304,7 +300,7 @@ type loadedSnapshot[S any] struct {
 // else is skipped (logged) and the state rebuilt from the events.
 func (e *Entity[S]) readSnapshot(ctx context.Context, last uint64) (loadedSnapshot[S], bool) {
 	st := e.d.store
-	log := st.cfg.Logger
+	log := st.log
 	var out loadedSnapshot[S]
 	data, err := st.snaps.get(ctx, e.snapKey)
 	if err != nil {
@@ -374,7 +370,7 @@ func (e *Entity[S]) maybeSnapshot() {
 		}
 	}
 	e.since = 0 // an unencodable state fails the same way next time: wait another interval
-	st.cfg.Logger.Warn("eventsourced: cannot encode snapshot", "entity", e.addr.String(), "err", err)
+	st.log.Warn("eventsourced: cannot encode snapshot", "entity", e.addr.String(), "err", err)
 }
 
 func (e *Entity[S]) writeSnapshot(data []byte, done chan struct{}) {
@@ -382,7 +378,7 @@ func (e *Entity[S]) writeSnapshot(data []byte, done chan struct{}) {
 	ctx, cancel := context.WithTimeout(context.Background(), st.cfg.ActivationTimeout)
 	defer cancel()
 	if err := st.snaps.put(ctx, e.snapKey, data); err != nil {
-		st.cfg.Logger.Warn("eventsourced: snapshot not written", "entity", e.addr.String(), "err", err)
+		st.log.Warn("eventsourced: snapshot not written", "entity", e.addr.String(), "err", err)
 	}
 	e.snapMu.Lock()
 	e.snapping = false

@@ -3,6 +3,8 @@ package eventsourced
 import (
 	"errors"
 	"fmt"
+
+	"github.com/natsmesh/natsmesh/actor"
 )
 
 // Errors of the package. Match them with errors.Is.
@@ -30,8 +32,9 @@ var (
 	// ErrTooManyEvents is returned by Persist for more events than one
 	// atomic append holds (MaxEventsPerAppend).
 	ErrTooManyEvents = errors.New("eventsourced: too many events in one append")
-	// ErrInvalidSpec wraps every rejected Spec, event declaration or Config.
-	ErrInvalidSpec = errors.New("eventsourced: invalid spec")
+	// ErrInvalidOption wraps every rejected Spec, event declaration, Config
+	// field or option (it is actor.ErrInvalidOption).
+	ErrInvalidOption = actor.ErrInvalidOption
 )
 
 // ConflictError is the error of a refused append: the entity's stream had

@@ -160,7 +160,7 @@ func TestPersistAndReactivate(t *testing.T) {
 	ids := []string{"alice", "a.b", "star*", "gt>", "with space", "ünïcødé", "=3D", "x/y", "\ttab"}
 	for _, snap := range []int{0, 3} {
 		t.Run(fmt.Sprintf("snapshotEvery=%d", snap), func(t *testing.T) {
-			env := newEnv(t, Config{})
+			env := newEnv(t, DefaultConfig())
 			rt := runtimeFor(t, env.store, accountSpec(snap))
 			for _, id := range ids {
 				for i := 1; i <= 5; i++ {
@@ -184,7 +184,7 @@ func TestPersistAndReactivate(t *testing.T) {
 }
 
 func TestTypedErrors(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	rt := runtimeFor(t, env.store, accountSpec(0))
 	ctx := context.Background()
 	if _, err := actor.Call(ctx, rt, Bogus, "a", actor.Empty{}); !errors.Is(err, ErrUnknownEvent) {
@@ -206,7 +206,7 @@ func TestTypedErrors(t *testing.T) {
 // A batch occupies consecutive sequences on the entity's subject: the
 // disambiguation after an unanswered attempt relies on it.
 func TestBatchIsAtomicAndContiguous(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	rt := runtimeFor(t, env.store, accountSpec(0))
 	patterntest.Call(t, rt, Deposit, "other", 1)
 	patterntest.Call(t, rt, Transfer, "a", []int{1, 2, 3})
@@ -237,4 +237,19 @@ func read(t testing.TB, env *env, id string, fn func(seq uint64, h nats.Header))
 		fn(m.Sequence, m.Header)
 		seq = m.Sequence + 1
 	}
+}
+
+// withSnapshots is the default configuration with snapshots in storage.
+func withSnapshots(storage SnapshotStorage) Config {
+	cfg := DefaultConfig()
+	cfg.Snapshots = storage
+	return cfg
+}
+
+// withAppendAttempt is the default configuration with append attempts
+// bounded by d.
+func withAppendAttempt(d time.Duration) Config {
+	cfg := DefaultConfig()
+	cfg.AppendAttemptTimeout = d
+	return cfg
 }

@@ -73,7 +73,7 @@ func Example() {
 	defer nc.Close()
 	ctx := context.Background()
 
-	store, err := eventsourced.Open(ctx, nc, eventsourced.Config{})
+	store, err := eventsourced.Open(ctx, nc, eventsourced.DefaultConfig())
 	if err != nil {
 		panic(err)
 	}

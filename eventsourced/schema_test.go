@@ -48,7 +48,7 @@ func upcastSpec() Spec[account] {
 }
 
 func TestUpcasting(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	publishRaw(t, env, "old", "Credited", "", `{"amt":5}`)
 	publishRaw(t, env, "old", "Deposited", "1", `{"amt":6}`)
 	publishRaw(t, env, "old", "Deposited", "2", `{"amount":7}`)
@@ -89,7 +89,7 @@ func TestUnreadableHistory(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			env := newEnv(t, Config{})
+			env := newEnv(t, DefaultConfig())
 			publishRaw(t, env, "x", tt.typ, tt.version, tt.data)
 			rt := runtimeFor(t, env.store, tt.spec, actor.DefectRetryPolicy(actor.ExponentialBackoff(1, 1)))
 			_, err := actor.Call(context.Background(), rt, Balance, "x", actor.Empty{})
@@ -101,7 +101,7 @@ func TestUnreadableHistory(t *testing.T) {
 }
 
 func TestInvalidSpec(t *testing.T) {
-	env := newEnv(t, Config{})
+	env := newEnv(t, DefaultConfig())
 	other := actor.NewEntity("Other")
 	otherRPC := actor.NewRPC[int, int](other, "Do")
 	mod := func(f func(*Spec[account])) Spec[account] { s := accountSpec(0); f(&s); return s }
@@ -146,17 +146,22 @@ func TestInvalidSpec(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := New(env.store, Account, tt.spec); !errors.Is(err, ErrInvalidSpec) {
-				t.Fatalf("New = %v, want ErrInvalidSpec", err)
+			if _, err := New(env.store, Account, tt.spec); !errors.Is(err, ErrInvalidOption) {
+				t.Fatalf("New = %v, want ErrInvalidOption", err)
 			}
 		})
 	}
-	if _, err := New(nil, Account, accountSpec(0)); !errors.Is(err, ErrInvalidSpec) {
-		t.Fatalf("New(nil store) = %v, want ErrInvalidSpec", err)
+	if _, err := New(nil, Account, accountSpec(0)); !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("New(nil store) = %v, want ErrInvalidOption", err)
 	}
-	for _, cfg := range []Config{{Prefix: "a.b"}, {Replicas: 7}, {Snapshots: 9}, {ActivationTimeout: -1}} {
-		if _, err := Open(context.Background(), env.nc, cfg); !errors.Is(err, ErrInvalidSpec) {
-			t.Fatalf("Open(%+v) = %v, want ErrInvalidSpec", cfg, err)
+	for _, change := range []func(*Config){
+		func(c *Config) { c.Prefix = "a.b" }, func(c *Config) { c.Replicas = 7 },
+		func(c *Config) { c.Snapshots = 9 }, func(c *Config) { c.ActivationTimeout = -1 },
+	} {
+		cfg := DefaultConfig()
+		change(&cfg)
+		if _, err := Open(context.Background(), env.nc, cfg); !errors.Is(err, ErrInvalidOption) {
+			t.Fatalf("Open(%+v) = %v, want ErrInvalidOption", cfg, err)
 		}
 	}
 }
@@ -167,10 +172,9 @@ func TestInvalidSpec(t *testing.T) {
 func TestSnapshotValidity(t *testing.T) {
 	for _, storage := range []SnapshotStorage{SnapshotsKV, SnapshotsObjectStore} {
 		t.Run(map[SnapshotStorage]string{SnapshotsKV: "kv", SnapshotsObjectStore: "object"}[storage], func(t *testing.T) {
-			env := newEnv(t, Config{Snapshots: storage})
+			env := newEnv(t, withSnapshots(storage))
 			var from []uint64
-			testHookLoaded = func(_ actor.Address, snap uint64, _ int) { from = append(from, snap) }
-			t.Cleanup(func() { testHookLoaded = nil })
+			env.store.hooks = &hooks{loaded: func(_ actor.Address, snap uint64, _ int) { from = append(from, snap) }}
 			spec := accountSpec(4)
 			rt := runtimeFor(t, env.store, spec)
 			for i := 1; i <= 10; i++ {
@@ -194,10 +198,11 @@ func TestSnapshotValidity(t *testing.T) {
 			if err := env.store.js.DeleteStream(context.Background(), env.store.stream); err != nil {
 				t.Fatal(err)
 			}
-			store2, err := Open(context.Background(), env.nc, Config{Snapshots: storage})
+			store2, err := Open(context.Background(), env.nc, withSnapshots(storage))
 			if err != nil {
 				t.Fatal(err)
 			}
+			store2.hooks = env.store.hooks
 			// rt2 wrote a snapshot with StateVersion 2 when it replayed:
 			// only the stream's incarnation can tell it apart now.
 			rt3 := runtimeFor(t, store2, spec)
@@ -218,7 +223,7 @@ func TestSnapshotValidity(t *testing.T) {
 // package writes nats.go reads, and the other way round, over several
 // chunks.
 func TestObjectSnapshotLayout(t *testing.T) {
-	env := newEnv(t, Config{Snapshots: SnapshotsObjectStore})
+	env := newEnv(t, withSnapshots(SnapshotsObjectStore))
 	objs := env.store.snaps.(objectSnapshots)
 	ctx := context.Background()
 	big := make([]byte, 3*objectChunkSize+17)

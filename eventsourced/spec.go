@@ -68,7 +68,9 @@ func Event[S, E any](name string, apply func(S, E) S, opts ...EventOption) Event
 	}
 	o := eventOptions{version: 1}
 	for _, opt := range opts {
-		opt(&o)
+		if err := opt(&o); err != nil && o.err == nil {
+			o.err = err
+		}
 	}
 	et.version, et.aliases, et.upcasts, et.err = o.version, o.aliases, o.upcasts, o.err
 	return et
@@ -81,18 +83,20 @@ type eventOptions struct {
 	err     error
 }
 
-// EventOption describes an event's schema history.
-type EventOption func(*eventOptions)
+// EventOption describes an event's schema history. A bad one is reported
+// by New, with the event's name.
+type EventOption func(*eventOptions) error
 
 // Version sets the current version of the event's schema (default 1). New
 // events are stored with it; stored events of an older version go through
 // the upcasters from their version up to it before they are decoded.
 func Version(n int) EventOption {
-	return func(o *eventOptions) {
+	return func(o *eventOptions) error {
 		if n < 1 {
-			o.fail(fmt.Errorf("Version %d: want at least 1", n))
+			return fmt.Errorf("Version %d: want at least 1", n)
 		}
 		o.version = n
+		return nil
 	}
 }
 
@@ -103,31 +107,25 @@ func Version(n int) EventOption {
 // if upcasters exist for v, v+1, ..., Version-1; otherwise activation fails
 // with ErrUnknownEvent rather than guess.
 func Upcast(from int, fn func(data []byte) ([]byte, error)) EventOption {
-	return func(o *eventOptions) {
+	return func(o *eventOptions) error {
 		if fn == nil || from < 1 {
-			o.fail(fmt.Errorf("Upcast(%d): want from >= 1 and a function", from))
-			return
+			return fmt.Errorf("Upcast(%d): want from >= 1 and a function", from)
 		}
 		if o.upcasts == nil {
 			o.upcasts = map[int]func([]byte) ([]byte, error){}
 		}
 		if _, dup := o.upcasts[from]; dup {
-			o.fail(fmt.Errorf("Upcast(%d) registered twice", from))
+			return fmt.Errorf("Upcast(%d) registered twice", from)
 		}
 		o.upcasts[from] = fn
+		return nil
 	}
 }
 
 // Alias lets stored events written under old names decode as this event
 // (after a rename). Their versions continue this event's numbering.
 func Alias(oldNames ...string) EventOption {
-	return func(o *eventOptions) { o.aliases = append(o.aliases, oldNames...) }
-}
-
-func (o *eventOptions) fail(err error) {
-	if o.err == nil {
-		o.err = err
-	}
+	return func(o *eventOptions) error { o.aliases = append(o.aliases, oldNames...); return nil }
 }
 
 // Handler binds one RPC of the entity to a command handler. Build it with
@@ -174,7 +172,7 @@ type definition[S any] struct {
 // activation failure (actor.ErrActivation), retried per the entity's
 // DefectRetryPolicy.
 //
-// New returns an error wrapping ErrInvalidSpec for a nil store or entity,
+// New returns an error wrapping ErrInvalidOption for a nil store or entity,
 // an event without a name, Go type or fold step, a name or Go type declared
 // twice, a bad version or upcaster, a handler for another entity's RPC or
 // two handlers for one RPC.
@@ -201,7 +199,7 @@ func New[S any](store *Store, entity *actor.Entity, spec Spec[S], opts ...actor.
 
 func define[S any](store *Store, entity *actor.Entity, spec Spec[S]) (*definition[S], error) {
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrInvalidSpec, entityName(entity), fmt.Sprintf(format, args...))
+		return fmt.Errorf("%w: %s: %s", ErrInvalidOption, entityName(entity), fmt.Sprintf(format, args...))
 	}
 	switch {
 	case store == nil:

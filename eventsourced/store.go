@@ -52,62 +52,74 @@ const (
 	SnapshotsObjectStore
 )
 
-// Config configures a Store. The zero value of each field means its default.
+// Config configures a Store. Start from DefaultConfig.
 type Config struct {
 	// Prefix names the stream <Prefix>_events, whose subjects are
 	// <Prefix>.events.<EntityType>.<escaped id>, and the snapshot bucket
-	// <Prefix>_snapshots. Default "mesh", the mesh's default prefix.
+	// <Prefix>_snapshots: the mesh's prefix.
 	Prefix string
 	// Replicas is the replication of the stream and the snapshot bucket:
-	// 1 (default) on a single server, 3 on a cluster.
+	// 1 on a single server, 3 on a cluster.
 	Replicas int
-	// Snapshots chooses where snapshots are kept (default SnapshotsKV).
+	// Snapshots chooses where snapshots are kept.
 	Snapshots SnapshotStorage
-	// Codec encodes new events and snapshots (default JSON).
+	// Codec encodes new events and snapshots.
 	Codec actor.Codec
 	// ActivationTimeout bounds rebuilding an entity (snapshot plus replay)
-	// and writing a snapshot. Default 30 s.
+	// and writing a snapshot.
 	ActivationTimeout time.Duration
 	// AppendAttemptTimeout bounds one attempt to append; an attempt with
 	// no answer is retried with the same expected sequence until the
-	// handler's context ends. Default 5 s.
+	// handler's context ends.
 	AppendAttemptTimeout time.Duration
-	// Logger hears of snapshots that could not be read or written (the
-	// stream is the truth: such failures cost time, never correctness).
-	// Nil discards.
-	Logger *slog.Logger
 }
 
-func (c *Config) defaults() error {
-	if c.Prefix == "" {
-		c.Prefix = "mesh"
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.Codec == nil {
-		c.Codec = protocol.JSON
-	}
-	if c.ActivationTimeout == 0 {
-		c.ActivationTimeout = 30 * time.Second
-	}
-	if c.AppendAttemptTimeout == 0 {
-		c.AppendAttemptTimeout = 5 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
-	}
+// DefaultConfig returns prefix "mesh" (the mesh's default), one replica,
+// snapshots in KV, JSON, a 30 s activation timeout and 5 s append attempts.
+func DefaultConfig() Config {
+	return Config{Prefix: "mesh", Replicas: 1, Snapshots: SnapshotsKV, Codec: protocol.JSON,
+		ActivationTimeout: 30 * time.Second, AppendAttemptTimeout: 5 * time.Second}
+}
+
+// Validate reports the first bad field, wrapping ErrInvalidOption.
+func (c *Config) Validate() error {
 	switch {
 	case !actor.ValidName(c.Prefix):
-		return fmt.Errorf("%w: Prefix %q: want [A-Za-z0-9_-]{1,64}", ErrInvalidSpec, c.Prefix)
+		return fmt.Errorf("%w: Prefix %q: want [A-Za-z0-9_-]{1,64}", ErrInvalidOption, c.Prefix)
 	case c.Replicas < 1 || c.Replicas > 5:
-		return fmt.Errorf("%w: Replicas %d: want 1 to 5", ErrInvalidSpec, c.Replicas)
+		return fmt.Errorf("%w: Replicas %d: want 1 to 5", ErrInvalidOption, c.Replicas)
 	case c.Snapshots != SnapshotsKV && c.Snapshots != SnapshotsObjectStore:
-		return fmt.Errorf("%w: Snapshots %d", ErrInvalidSpec, c.Snapshots)
-	case c.ActivationTimeout < 0 || c.AppendAttemptTimeout < 0:
-		return fmt.Errorf("%w: negative timeout", ErrInvalidSpec)
+		return fmt.Errorf("%w: Snapshots %d", ErrInvalidOption, c.Snapshots)
+	case c.Codec == nil:
+		return fmt.Errorf("%w: no Codec", ErrInvalidOption)
+	case c.ActivationTimeout <= 0 || c.AppendAttemptTimeout <= 0:
+		return fmt.Errorf("%w: ActivationTimeout %v, AppendAttemptTimeout %v: want positive timeouts", ErrInvalidOption, c.ActivationTimeout, c.AppendAttemptTimeout)
 	}
 	return nil
+}
+
+// Option configures a Store beyond its Config.
+type Option func(*Store) error
+
+// WithLogger sends the store's warnings to l: snapshots that could not be
+// read or written (the stream is the truth: such failures cost time, never
+// correctness). Without it they are discarded.
+func WithLogger(l *slog.Logger) Option {
+	return func(st *Store) error {
+		if l == nil {
+			return fmt.Errorf("%w: WithLogger(nil)", ErrInvalidOption)
+		}
+		st.log = l
+		return nil
+	}
+}
+
+// hooks are test hooks, set by tests only: nil runs none.
+type hooks struct {
+	// loaded hears of every rebuild.
+	loaded func(addr actor.Address, fromSnapshot uint64, replayed int)
+	// attempt runs each append attempt (jetstream.Append.Attempt).
+	attempt func(attempt int, publish func() (uint64, error)) (uint64, error)
 }
 
 // Store is where the events and snapshots of event-sourced entities live:
@@ -118,6 +130,8 @@ type Store struct {
 	nc      *nats.Conn
 	js      natsjs.JetStream
 	cfg     Config
+	log     *slog.Logger
+	hooks   *hooks // tests only; nil in production
 	stream  string
 	subject string    // subject prefix, "<prefix>.events."
 	created time.Time // the stream's creation time, recorded in snapshots
@@ -125,18 +139,23 @@ type Store struct {
 }
 
 // Open creates or updates the stream and the snapshot bucket and returns
-// the Store. It returns an error wrapping ErrInvalidSpec for a bad Config,
+// the Store. It returns an error wrapping ErrInvalidOption for a bad Config or option,
 // or the server's error (after retrying until ctx ends; 30 s when ctx has
 // no deadline).
-func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
-	if err := cfg.defaults(); err != nil {
+func Open(ctx context.Context, nc *nats.Conn, cfg Config, opts ...Option) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	js, err := natsjs.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	st := &Store{nc: nc, js: js, cfg: cfg, stream: cfg.Prefix + "_events", subject: cfg.Prefix + ".events."}
+	st := &Store{nc: nc, js: js, cfg: cfg, log: slog.New(slog.DiscardHandler), stream: cfg.Prefix + "_events", subject: cfg.Prefix + ".events."}
+	for _, opt := range opts {
+		if err := opt(st); err != nil {
+			return nil, err
+		}
+	}
 	var s natsjs.Stream
 	err = jetstream.Setup(ctx, "open "+st.stream, func(ctx context.Context) (err error) {
 		s, err = jetstream.EnsureStream(ctx, js, natsjs.StreamConfig{

@@ -5,7 +5,7 @@
 //
 // # Usage
 //
-//	client, _ := mesh.NewClient(nc, cfg)
+//	client, _ := mesh.NewClient(nc, cfg.ClientConfig)
 //	gcfg := gateway.DefaultConfig()
 //	gcfg.Persisted = gateway.PersistedRPCs(orders.Order) // "Order.Place", ...
 //	gw, _ := gateway.New(client, gcfg)

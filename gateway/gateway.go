@@ -26,11 +26,9 @@ import (
 	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
-// Errors of the gateway.
-var (
-	// ErrInvalidOption wraps every rejected Config field.
-	ErrInvalidOption = errors.New("gateway: invalid option")
-)
+// ErrInvalidOption wraps every rejected Config field (a *mesh.FieldError)
+// or option; it is mesh.ErrInvalidOption.
+var ErrInvalidOption = mesh.ErrInvalidOption
 
 // Headers the gateway reads or writes, besides the standard ones.
 const (
@@ -79,9 +77,6 @@ type Config struct {
 	DefaultTimeout time.Duration
 	// MaxTimeout caps Mesh-Timeout.
 	MaxTimeout time.Duration
-	// Logger receives one line per failed request (server errors at warn,
-	// client errors at debug); nil discards them.
-	Logger *slog.Logger
 }
 
 // DefaultConfig returns a 1 MiB body limit, a 10 s default timeout and a
@@ -94,23 +89,38 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first bad field, wrapping ErrInvalidOption.
+// Validate reports the first bad field as a *mesh.FieldError.
 func (c *Config) Validate() error {
 	switch {
 	case c.MaxBodyBytes <= 0:
-		return fmt.Errorf("%w: MaxBodyBytes %d: want > 0", ErrInvalidOption, c.MaxBodyBytes)
+		return &mesh.FieldError{Field: "MaxBodyBytes", Value: c.MaxBodyBytes, Reason: "want > 0"}
 	case c.DefaultTimeout <= 0:
-		return fmt.Errorf("%w: DefaultTimeout %v: want > 0", ErrInvalidOption, c.DefaultTimeout)
+		return &mesh.FieldError{Field: "DefaultTimeout", Value: c.DefaultTimeout, Reason: "want > 0"}
 	case c.MaxTimeout < c.DefaultTimeout:
-		return fmt.Errorf("%w: MaxTimeout %v: want >= DefaultTimeout %v", ErrInvalidOption, c.MaxTimeout, c.DefaultTimeout)
+		return &mesh.FieldError{Field: "MaxTimeout", Value: c.MaxTimeout, Reason: fmt.Sprintf("want >= DefaultTimeout %v", c.DefaultTimeout)}
 	}
 	for _, p := range c.Persisted {
 		typ, rpc, ok := strings.Cut(p, ".")
 		if !ok || typ == "" || rpc == "" || strings.Contains(rpc, ".") {
-			return fmt.Errorf("%w: Persisted %q: want Type.Rpc", ErrInvalidOption, p)
+			return &mesh.FieldError{Field: "Persisted", Value: fmt.Sprintf("%q", p), Reason: "want Type.Rpc"}
 		}
 	}
 	return nil
+}
+
+// Option configures a Gateway beyond its Config.
+type Option func(*Gateway) error
+
+// WithLogger sends one line per failed request to l (server errors at warn,
+// client errors at debug); without it they are discarded.
+func WithLogger(l *slog.Logger) Option {
+	return func(g *Gateway) error {
+		if l == nil {
+			return fmt.Errorf("%w: WithLogger(nil)", ErrInvalidOption)
+		}
+		g.log = l
+		return nil
+	}
 }
 
 // PersistedRPCs returns the persisted RPCs of the given entity types in the
@@ -136,20 +146,23 @@ type Gateway struct {
 }
 
 // New returns a gateway calling entities through client (a *mesh.Client).
-// It returns an error wrapping ErrInvalidOption for a bad configuration.
-func New(client Caller, cfg Config) (*Gateway, error) {
+// It returns an error wrapping ErrInvalidOption for a bad configuration or
+// option.
+func New(client Caller, cfg Config, opts ...Option) (*Gateway, error) {
 	if client == nil {
 		return nil, fmt.Errorf("%w: nil client", ErrInvalidOption)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	g := &Gateway{client: client, cfg: cfg, persisted: map[string]bool{}, log: cfg.Logger}
+	g := &Gateway{client: client, cfg: cfg, persisted: map[string]bool{}, log: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		if err := opt(g); err != nil {
+			return nil, err
+		}
+	}
 	for _, p := range cfg.Persisted {
 		g.persisted[p] = true
-	}
-	if g.log == nil {
-		g.log = slog.New(slog.DiscardHandler)
 	}
 	return g, nil
 }
@@ -331,7 +344,7 @@ func errorResponse(err error) (int, *errorBody) {
 		errors.Is(err, nats.ErrNoServers), errors.Is(err, nats.ErrDisconnected):
 		body.Code = CodeUnavailable
 	default:
-		body.Code = mesh.RemoteCode(err)
+		body.Code = mesh.CodeOf(err)
 	}
 	if status, ok := statusOf[body.Code]; ok {
 		return status, body

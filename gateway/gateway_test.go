@@ -111,7 +111,7 @@ func setup(t *testing.T) *env {
 	})
 	t.Cleanup(func() { close(p.release) }) // before the runner's shutdown waits for Block calls
 
-	c, err := mesh.NewClient(natstest.Connect(t, srv), cfg)
+	c, err := mesh.NewClient(natstest.Connect(t, srv), cfg.ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +283,7 @@ func TestMailboxFull(t *testing.T) {
 
 func TestShardUnavailable(t *testing.T) {
 	srv := natstest.StartServer(t)
-	c, err := mesh.NewClient(natstest.Connect(t, srv), testConfig())
+	c, err := mesh.NewClient(natstest.Connect(t, srv), testConfig().ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +362,7 @@ func TestNoNATS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := mesh.NewClient(nc, testConfig())
+	c, err := mesh.NewClient(nc, testConfig().ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

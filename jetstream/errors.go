@@ -9,13 +9,10 @@ import (
 // Errors returned by this package. Match them with errors.Is; most are
 // wrapped with the key and the cause.
 var (
-	// ErrInvalidConfig is returned by LeaseConfig.Validate and OpenLeases
-	// for a configuration that cannot work.
-	ErrInvalidConfig = errors.New("jetstream: invalid config")
-
-	// ErrInvalidArgument is returned for a key or holder id that cannot be
-	// stored (see Leases.Acquire).
-	ErrInvalidArgument = errors.New("jetstream: invalid argument")
+	// ErrInvalidOption is returned for input that cannot work: a
+	// configuration LeaseConfig.Validate refuses, a key or holder id that
+	// cannot be stored (see Leases.Acquire).
+	ErrInvalidOption = errors.New("jetstream: invalid option")
 
 	// ErrLeaseHeld is returned by Acquire when another holder has the
 	// lease; the message names that holder.

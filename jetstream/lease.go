@@ -60,18 +60,18 @@ func (c LeaseConfig) withDefaults() LeaseConfig {
 }
 
 // Validate reports whether c (after defaults) can work. Errors wrap
-// ErrInvalidConfig.
+// ErrInvalidOption.
 func (c LeaseConfig) Validate() error {
 	c = c.withDefaults()
 	switch {
 	case !validBucket(c.Bucket):
-		return fmt.Errorf("%w: bucket %q: want [a-zA-Z0-9_-]+", ErrInvalidConfig, c.Bucket)
+		return fmt.Errorf("%w: bucket %q: want [a-zA-Z0-9_-]+", ErrInvalidOption, c.Bucket)
 	case c.Replicas < 1 || c.Replicas > 5:
-		return fmt.Errorf("%w: replicas %d: want 1 to 5", ErrInvalidConfig, c.Replicas)
+		return fmt.Errorf("%w: replicas %d: want 1 to 5", ErrInvalidOption, c.Replicas)
 	case c.TTL < time.Second || c.TTL%time.Second != 0:
-		return fmt.Errorf("%w: TTL %v: want whole seconds, at least 1s", ErrInvalidConfig, c.TTL)
+		return fmt.Errorf("%w: TTL %v: want whole seconds, at least 1s", ErrInvalidOption, c.TTL)
 	case c.Margin < 0 || c.Margin >= c.TTL:
-		return fmt.Errorf("%w: margin %v: want 0 < margin < TTL %v", ErrInvalidConfig, c.Margin, c.TTL)
+		return fmt.Errorf("%w: margin %v: want 0 < margin < TTL %v", ErrInvalidOption, c.Margin, c.TTL)
 	}
 	return nil
 }
@@ -132,8 +132,9 @@ func (l Lease) Valid(now time.Time) bool {
 // earlier than Margin after it.
 func (l Lease) Expires() time.Time { return l.expires }
 
-// AcquireOption configures Acquire.
-type AcquireOption func(*acquireOptions)
+// AcquireOption configures Acquire; a bad one fails it with an error
+// wrapping ErrInvalidOption.
+type AcquireOption func(*acquireOptions) error
 
 type acquireOptions struct {
 	meta []byte
@@ -142,7 +143,7 @@ type acquireOptions struct {
 // WithMeta stores meta with the lease (e.g. a runner's address), readable
 // from Lease.Meta and watch events. Renewals keep it.
 func WithMeta(meta []byte) AcquireOption {
-	return func(o *acquireOptions) { o.meta = meta }
+	return func(o *acquireOptions) error { o.meta = meta; return nil }
 }
 
 // Leases is a lease store on one KV bucket. It is safe for concurrent use.
@@ -192,7 +193,7 @@ func (ls *Leases) superseded(l Lease) bool {
 // nats-server 2.11 or later.
 //
 // js must use the default API prefix and no domain: renewals and
-// leader-only reads are sent on raw subjects. Errors wrap ErrInvalidConfig
+// leader-only reads are sent on raw subjects. Errors wrap ErrInvalidOption
 // or come from the server.
 func OpenLeases(ctx context.Context, js natsjs.JetStream, cfg LeaseConfig) (*Leases, error) {
 	cfg = cfg.withDefaults()
@@ -200,7 +201,7 @@ func OpenLeases(ctx context.Context, js natsjs.JetStream, cfg LeaseConfig) (*Lea
 		return nil, err
 	}
 	if o := js.Options(); o.Domain != "" || (o.APIPrefix != "" && o.APIPrefix != natsjs.DefaultAPIPrefix) {
-		return nil, fmt.Errorf("%w: JetStream domains and API prefixes are not supported", ErrInvalidConfig)
+		return nil, fmt.Errorf("%w: JetStream domains and API prefixes are not supported", ErrInvalidOption)
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
@@ -242,12 +243,17 @@ func (ls *Leases) Config() LeaseConfig { return ls.cfg }
 // incarnation: a key naming holder was written by this incarnation, and the
 // CAS fails if anyone wrote the key since it was read.
 //
-// Errors: ErrLeaseHeld if another holder has it, ErrInvalidArgument for a
+// Errors: ErrLeaseHeld if another holder has it, ErrInvalidOption for a
 // bad key or holder, the context's error, or a server error.
 func (ls *Leases) Acquire(ctx context.Context, key, holder string, opts ...AcquireOption) (Lease, error) {
 	var o acquireOptions
 	for _, opt := range opts {
-		opt(&o)
+		if opt == nil {
+			return Lease{}, fmt.Errorf("%w: nil AcquireOption", ErrInvalidOption)
+		}
+		if err := opt(&o); err != nil {
+			return Lease{}, err
+		}
 	}
 	if err := checkKeyHolder(key, holder); err != nil {
 		return Lease{}, err
@@ -505,7 +511,7 @@ func (ls *Leases) Release(ctx context.Context, l Lease) error {
 // condition that the key still has no message at all.
 func (ls *Leases) Remove(ctx context.Context, key string, rev uint64) error {
 	if rev == 0 {
-		return fmt.Errorf("%w: remove %s: revision 0 (a delete at revision 0 is unconditional)", ErrInvalidArgument, key)
+		return fmt.Errorf("%w: remove %s: revision 0 (a delete at revision 0 is unconditional)", ErrInvalidOption, key)
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
@@ -537,7 +543,7 @@ func (ls *Leases) Remove(ctx context.Context, key string, rev uint64) error {
 // Holder.
 func (ls *Leases) Holder(ctx context.Context, key string) (holder string, rev uint64, err error) {
 	if !validKey(key) {
-		return "", 0, fmt.Errorf("%w: key %q", ErrInvalidArgument, key)
+		return "", 0, fmt.Errorf("%w: key %q", ErrInvalidOption, key)
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
@@ -757,10 +763,10 @@ func decodeValue(v []byte) (holder string, meta []byte) {
 
 func checkKeyHolder(key, holder string) error {
 	if !validKey(key) {
-		return fmt.Errorf("%w: key %q: want [-/_=.a-zA-Z0-9]+ without leading, trailing or double dots", ErrInvalidArgument, key)
+		return fmt.Errorf("%w: key %q: want [-/_=.a-zA-Z0-9]+ without leading, trailing or double dots", ErrInvalidOption, key)
 	}
 	if holder == "" || bytes.IndexByte([]byte(holder), '\n') >= 0 {
-		return fmt.Errorf("%w: holder %q: want non-empty, no newline", ErrInvalidArgument, holder)
+		return fmt.Errorf("%w: holder %q: want non-empty, no newline", ErrInvalidOption, holder)
 	}
 	return nil
 }

@@ -38,8 +38,8 @@ func TestLeaseConfigValidate(t *testing.T) {
 			if tt.ok && err != nil {
 				t.Fatalf("Validate(%+v) = %v, want nil", tt.cfg, err)
 			}
-			if !tt.ok && !errors.Is(err, ErrInvalidConfig) {
-				t.Fatalf("Validate(%+v) = %v, want ErrInvalidConfig", tt.cfg, err)
+			if !tt.ok && !errors.Is(err, ErrInvalidOption) {
+				t.Fatalf("Validate(%+v) = %v, want ErrInvalidOption", tt.cfg, err)
 			}
 		})
 	}
@@ -85,8 +85,8 @@ func TestAcquireInvalidArguments(t *testing.T) {
 		{"k", ""}, {"k", "A\nB"},
 	}
 	for _, tt := range tests {
-		if _, err := ls.Acquire(ctx, tt.key, tt.holder); !errors.Is(err, ErrInvalidArgument) {
-			t.Errorf("Acquire(%q, %q) = %v, want ErrInvalidArgument", tt.key, tt.holder, err)
+		if _, err := ls.Acquire(ctx, tt.key, tt.holder); !errors.Is(err, ErrInvalidOption) {
+			t.Errorf("Acquire(%q, %q) = %v, want ErrInvalidOption", tt.key, tt.holder, err)
 		}
 	}
 }
@@ -537,8 +537,8 @@ func TestRemove(t *testing.T) {
 	if err := ls.Remove(ctx, "a", l.Revision+1); err == nil {
 		t.Fatal("Remove at another revision succeeded")
 	}
-	if err := ls.Remove(ctx, "a", 0); !errors.Is(err, ErrInvalidArgument) {
-		t.Fatalf("Remove at revision 0 = %v, want ErrInvalidArgument", err)
+	if err := ls.Remove(ctx, "a", 0); !errors.Is(err, ErrInvalidOption) {
+		t.Fatalf("Remove at revision 0 = %v, want ErrInvalidOption", err)
 	}
 	if err := ls.Remove(ctx, "a", l.Revision); err != nil {
 		t.Fatalf("Remove at the key's revision = %v", err)

@@ -74,7 +74,7 @@ func SetupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // such as a stream's maximum number of consumers) may pass.
 func Final(err error) bool {
 	for _, target := range []error{
-		ErrInvalidConfig, ErrInvalidArgument, ErrLeaseHeld, nats.ErrConnectionClosed,
+		ErrInvalidOption, ErrLeaseHeld, nats.ErrConnectionClosed,
 		natsjs.ErrInvalidBucketName, natsjs.ErrInvalidStreamName, natsjs.ErrStreamNameRequired,
 		natsjs.ErrInvalidKey, natsjs.ErrInvalidConsumerName, natsjs.ErrBadBucket,
 	} {

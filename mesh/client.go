@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"strconv"
 	"sync"
@@ -20,7 +21,9 @@ import (
 // is safe for concurrent use.
 type Client struct {
 	nc         *nats.Conn
-	cfg        Config
+	cfg        ClientConfig
+	log        *slog.Logger
+	obs        Observer // nil: none
 	subj       protocol.Subjects
 	codec      actor.Codec
 	codecValue []string // the codec header's value, shared by every request
@@ -33,23 +36,37 @@ type Client struct {
 }
 
 // NewClient returns a client on nc. It returns an error wrapping
-// ErrInvalidOption for a bad configuration.
-func NewClient(nc *nats.Conn, cfg Config) (*Client, error) {
+// ErrInvalidOption for a bad configuration or option (WithRuntimeOptions
+// does not apply to clients).
+func NewClient(nc *nats.Conn, cfg ClientConfig, opts ...Option) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	o, err := applyOptions("NewClient", false, opts)
+	if err != nil {
 		return nil, err
 	}
 	codec, _ := protocol.CodecByName(cfg.Codec)
 	return &Client{
-		nc: nc, cfg: cfg, subj: protocol.Subjects{Prefix: cfg.Prefix}, codec: codec,
+		nc: nc, cfg: cfg, log: o.log, obs: o.obs, subj: protocol.Subjects{Prefix: cfg.Prefix}, codec: codec,
 		codecValue: []string{codec.Name()},
 		subjects:   map[actor.RPCInfo][]string{},
 	}, nil
 }
 
 // Shard returns the shard of an entity.
-func (c *Client) Shard(entityType, id string) ShardID {
-	return ShardID{Group: c.cfg.groupOf(entityType), N: protocol.ShardOf(id, c.cfg.ShardsPerGroup)}
-}
+func (c *Client) Shard(entityType, id string) ShardID { return c.cfg.shardOf(entityType, id) }
+
+// Config returns the client's configuration.
+func (c *Client) Config() ClientConfig { return c.cfg }
+
+// Conn returns the client's NATS connection.
+func (c *Client) Conn() *nats.Conn { return c.nc }
+
+// Logger returns the client's logger (WithLogger; it discards when none
+// was given): packages built on a client, such as reminder and saga, log
+// through it.
+func (c *Client) Logger() *slog.Logger { return c.log }
 
 // withTimeout applies the default call timeout to a context without a
 // deadline.
@@ -264,6 +281,10 @@ func decodeReply[Resp any](info actor.RPCInfo, codec actor.Codec, reply *nats.Ms
 func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp], id string, req Req, opts ...CallOption) (Resp, error) {
 	var zero Resp
 	info := rpc.Info()
+	o, err := applyCallOptions(opts)
+	if err != nil {
+		return zero, err
+	}
 	if info.Persisted() {
 		ctx, cancel := c.withTimeout(ctx)
 		defer cancel()
@@ -271,7 +292,7 @@ func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 		if err != nil {
 			return zero, fmt.Errorf("encode request: %w", err)
 		}
-		reply, err := c.callPersisted(ctx, info.Entity().Name(), info.Name(), c.codecValue, id, payload, applyCallOptions(opts))
+		reply, err := c.callPersisted(ctx, info.Entity().Name(), info.Name(), c.codecValue, id, payload, o)
 		if err != nil {
 			return zero, err
 		}
@@ -287,7 +308,7 @@ func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 		return zero, fmt.Errorf("encode request: %w", err)
 	}
 	var m *nats.Msg
-	if c.cfg.Observer != nil {
+	if c.obs != nil {
 		if m, err = c.newRequest(ctx, info, id, payload); err != nil {
 			return zero, err
 		}
@@ -321,11 +342,15 @@ func Send[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 	if err != nil {
 		return fmt.Errorf("encode request: %w", err)
 	}
+	o, err := applyCallOptions(opts)
+	if err != nil {
+		return err
+	}
 	if rpc.Info().Persisted() {
 		info := rpc.Info()
 		extra := nats.Header{}
 		done := c.callSent(ctx, info.Entity().Name(), info.Name(), extra)
-		_, _, err := c.publishPersisted(ctx, info.Entity().Name(), info.Name(), c.codecValue, id, payload, applyCallOptions(opts), "", extra)
+		_, _, err := c.publishPersisted(ctx, info.Entity().Name(), info.Name(), c.codecValue, id, payload, o, "", extra)
 		done(err)
 		return err
 	}

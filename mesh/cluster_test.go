@@ -294,11 +294,15 @@ func (c *testCluster) runnerWith(id string, weight int, singletons map[string]fu
 		c.t.Fatal(err)
 	}
 	cfg := c.cfg
-	cfg.RunnerID, cfg.RunnerWeight, cfg.Observer = id, weight, obs
-	if os.Getenv("MESH_TEST_LOG") != "" { // debug logs of every runner on stderr
-		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.RunnerID, cfg.RunnerWeight = id, weight
+	opts := []mesh.Option{mesh.WithTestHooks(), mesh.WithRuntimeOptions(actor.WithObserver(runnerObserver{c.obs, id}))}
+	if obs != nil {
+		opts = append(opts, mesh.WithObserver(obs))
 	}
-	r, err := mesh.NewRunner(nc, cfg, actor.WithObserver(runnerObserver{c.obs, id}))
+	if os.Getenv("MESH_TEST_LOG") != "" { // debug logs of every runner on stderr
+		opts = append(opts, mesh.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	}
+	r, err := mesh.NewRunner(nc, cfg, opts...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -592,7 +596,7 @@ func TestClusterSingletonCrash(t *testing.T) {
 	cfg1 := c.cfg
 	cfg1.RunnerID = "r1"
 	var r1 *mesh.Runner
-	r1, err = mesh.NewRunner(nc1, cfg1, actor.WithObserver(runnerObserver{c.obs, "r1"}))
+	r1, err = mesh.NewRunner(nc1, cfg1, mesh.WithRuntimeOptions(actor.WithObserver(runnerObserver{c.obs, "r1"})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -666,7 +670,7 @@ func TestClusterOutlivedRegistration(t *testing.T) {
 	if d := time.Since(written); d < 2*cfg.ShardLockExpiration {
 		t.Fatalf("the ghost's shards moved %v after its registration, before twice the TTL", d)
 	}
-	client, err := mesh.NewClient(nc, cfg)
+	client, err := mesh.NewClient(nc, cfg.ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -713,7 +717,7 @@ func TestClusterFencingWithRunnerLockHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	client, err := mesh.NewClient(nc, cfg)
+	client, err := mesh.NewClient(nc, cfg.ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -900,7 +904,7 @@ func TestClusterFencingWithReplyStoreBlocked(t *testing.T) {
 	}
 	rcfg := cfg
 	rcfg.RunnerID = "a"
-	r, err := mesh.NewRunner(nc, rcfg, actor.WithObserver(runnerObserver{c.obs, "a"}))
+	r, err := mesh.NewRunner(nc, rcfg, mesh.WithRuntimeOptions(actor.WithObserver(runnerObserver{c.obs, "a"})))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"fmt"
-	"log/slog"
 	"strings"
 	"time"
 
@@ -12,11 +11,13 @@ import (
 	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
-// Config is the mesh's configuration, shared by runners and clients; every
-// process of one cluster must agree on Prefix, ShardsPerGroup, ShardGroups and
-// EntityGroups. Names mirror @effect/cluster's ShardingConfig. Start from
-// DefaultConfig and check with Validate.
-type Config struct {
+// ClientConfig is what a client needs: the shape of the cluster, which
+// every process of one cluster must agree on (Prefix, ShardsPerGroup,
+// ShardGroups, EntityGroups), how calls are timed and encoded, and the
+// settings of the persisted-message stream and reply bucket, used by
+// whichever process creates them first. Names mirror @effect/cluster's
+// ShardingConfig. Start from DefaultClientConfig and check with Validate.
+type ClientConfig struct {
 	// Prefix is the first token of every subject: clusters with different
 	// prefixes share a NATS system without seeing each other.
 	Prefix string
@@ -28,12 +29,6 @@ type Config struct {
 	// belong to the first group.
 	EntityGroups map[string]string
 
-	// EntityMailboxCapacity, EntityMaxIdleTime and EntityTerminationTimeout
-	// are the defaults for entities that set none (see package actor).
-	EntityMailboxCapacity    int
-	EntityMaxIdleTime        time.Duration
-	EntityTerminationTimeout time.Duration
-
 	// CallTimeout applies to calls whose context has no deadline.
 	CallTimeout time.Duration
 	// RetryBackoff is the first wait before retrying a call that found no
@@ -42,6 +37,37 @@ type Config struct {
 	RetryBackoffMax time.Duration
 	// Codec is the Go client's payload codec: "msgpack" or "json".
 	Codec string
+
+	// StorageReplicas is the replication of the KV buckets and streams the
+	// mesh creates: 1 on a single NATS server, 3 on a cluster.
+	StorageReplicas int
+	// Storage is where those buckets and streams keep their data:
+	// StorageFile (the default) on disk, or StorageMemory in the servers'
+	// memory (tests, single-process development: same behaviour, nothing
+	// survives a restart of the NATS servers). It applies when they are
+	// created; an existing bucket or stream keeps its storage.
+	Storage string
+	// PersistReplyRetention is how long the reply of a persisted message
+	// is kept: a message sent again with the same id within it is answered
+	// from the stored reply without running the handler again.
+	PersistReplyRetention time.Duration
+	// PersistDedupWindow is the stream's Nats-Msg-Id window: a message
+	// published twice with one id within it is stored once.
+	PersistDedupWindow time.Duration
+}
+
+// Config configures a runner or a shard manager: a client's settings
+// (a runner calls entities too: the route subject, singletons) and the
+// runner's own. Start from DefaultConfig and check with Validate.
+type Config struct {
+	ClientConfig
+
+	// EntityMailboxCapacity, EntityMaxIdleTime and EntityTerminationTimeout
+	// are the defaults for entities that set none (see package actor).
+	EntityMailboxCapacity    int
+	EntityMaxIdleTime        time.Duration
+	EntityTerminationTimeout time.Duration
+
 	// ExposeDefectStacks sends a defect's stack to callers. Stacks help
 	// debugging but reveal code paths: turn it off for untrusted callers.
 	ExposeDefectStacks bool
@@ -57,15 +83,6 @@ type Config struct {
 	RunnerID string
 	// RunnerWeight is this runner's share of shards (runnerShardWeight).
 	RunnerWeight int
-	// StorageReplicas is the replication of the KV buckets and streams the
-	// mesh creates: 1 on a single NATS server, 3 on a cluster.
-	StorageReplicas int
-	// Storage is where those buckets and streams keep their data:
-	// StorageFile (the default) on disk, or StorageMemory in the servers'
-	// memory (tests, single-process development: same behaviour, nothing
-	// survives a restart of the NATS servers). It applies when they are
-	// created; an existing bucket or stream keeps its storage.
-	Storage string
 	// ShardLockExpiration is the lease TTL of shards, singletons' shards, the
 	// shard manager's leadership and runner registrations (whole seconds).
 	ShardLockExpiration time.Duration
@@ -83,13 +100,6 @@ type Config struct {
 	// registration expired is really gone before its shards move.
 	RunnerHealthCheckTimeout time.Duration
 
-	// PersistReplyRetention is how long the reply of a persisted message
-	// is kept: a message sent again with the same id within it is answered
-	// from the stored reply without running the handler again.
-	PersistReplyRetention time.Duration
-	// PersistDedupWindow is the stream's Nats-Msg-Id window: a message
-	// published twice with one id within it is stored once.
-	PersistDedupWindow time.Duration
 	// PersistMaxAttempts bounds how often a persisted message whose handler
 	// panics is tried before it goes to the dead-letter stream.
 	PersistMaxAttempts int
@@ -109,13 +119,6 @@ type Config struct {
 	// the JetStream API. Default "_INBOX." (every NATS client's inboxes,
 	// custom inbox prefixes included when they start with it).
 	ReplyPrefixes []string
-
-	// Logger receives the mesh's structured logs; nil discards them.
-	Logger *slog.Logger
-
-	// Observer hears calls, activations, shard moves and persisted-message
-	// events, for metrics and tracing; nil costs nothing.
-	Observer Observer
 }
 
 // FastFailover returns c with coordination timings tuned for failover in
@@ -131,47 +134,56 @@ func (c Config) FastFailover() Config {
 	return c
 }
 
-// Storage modes (Config.Storage).
+// Storage modes (ClientConfig.Storage).
 const (
 	StorageFile   = "file"
 	StorageMemory = "memory"
 )
 
-// storageType is the JetStream storage of Config.Storage.
-func (c *Config) storageType() natsjs.StorageType {
+// storageType is the JetStream storage of ClientConfig.Storage.
+func (c *ClientConfig) storageType() natsjs.StorageType {
 	if c.Storage == StorageMemory {
 		return natsjs.MemoryStorage
 	}
 	return natsjs.FileStorage
 }
 
+// DefaultClientConfig returns the defaults of a client: the cluster shape
+// and timings of docs/design.md.
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{
+		Prefix:          "mesh",
+		ShardsPerGroup:  300,
+		ShardGroups:     []string{"default"},
+		CallTimeout:     10 * time.Second,
+		RetryBackoff:    5 * time.Millisecond,
+		RetryBackoffMax: 250 * time.Millisecond,
+		Codec:           protocol.CodecMsgpack,
+
+		StorageReplicas:       1,
+		Storage:               StorageFile,
+		PersistReplyRetention: 24 * time.Hour,
+		PersistDedupWindow:    2 * time.Minute,
+	}
+}
+
 // DefaultConfig returns the defaults of docs/design.md.
 func DefaultConfig() Config {
 	return Config{
-		Prefix:                   "mesh",
-		ShardsPerGroup:           300,
-		ShardGroups:              []string{"default"},
+		ClientConfig:             DefaultClientConfig(),
 		EntityMailboxCapacity:    4096,
 		EntityMaxIdleTime:        time.Minute,
 		EntityTerminationTimeout: 15 * time.Second,
-		CallTimeout:              10 * time.Second,
-		RetryBackoff:             5 * time.Millisecond,
-		RetryBackoffMax:          250 * time.Millisecond,
-		Codec:                    protocol.CodecMsgpack,
 		ExposeDefectStacks:       true,
 		StreamAckTimeout:         30 * time.Second,
 
 		RunnerWeight:               1,
-		StorageReplicas:            1,
-		Storage:                    StorageFile,
 		ShardLockExpiration:        35 * time.Second,
 		ShardLockRefreshInterval:   10 * time.Second,
 		ShardLockMargin:            time.Second,
 		RefreshAssignmentsInterval: 3 * time.Second,
 		RunnerHealthCheckTimeout:   time.Second,
 
-		PersistReplyRetention:  24 * time.Hour,
-		PersistDedupWindow:     2 * time.Minute,
 		PersistMaxAttempts:     10,
 		PersistRetryBackoff:    100 * time.Millisecond,
 		PersistRetryBackoffMax: 30 * time.Second,
@@ -180,11 +192,31 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first bad field, wrapped in ErrInvalidOption.
-func (c *Config) Validate() error {
-	bad := func(field string, v any, why string) error {
-		return fmt.Errorf("%w: %s = %v: %s", ErrInvalidOption, field, v, why)
-	}
+// FieldError is a configuration field Validate refuses. It matches
+// ErrInvalidOption with errors.Is.
+type FieldError struct {
+	// Field is the Config field's name ("EntityGroups[Type]" for one key of
+	// a map).
+	Field string
+	// Value is the value refused.
+	Value any
+	// Reason says what a valid value is.
+	Reason string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%v: %s = %v: %s", ErrInvalidOption, e.Field, e.Value, e.Reason)
+}
+
+// Unwrap returns ErrInvalidOption.
+func (e *FieldError) Unwrap() error { return ErrInvalidOption }
+
+func bad(field string, v any, why string) error {
+	return &FieldError{Field: field, Value: v, Reason: why}
+}
+
+// Validate reports the first bad field as a *FieldError.
+func (c *ClientConfig) Validate() error {
 	switch {
 	case !actor.ValidName(c.Prefix):
 		return bad("Prefix", c.Prefix, "want [A-Za-z0-9_-]{1,64}")
@@ -192,53 +224,18 @@ func (c *Config) Validate() error {
 		return bad("ShardsPerGroup", c.ShardsPerGroup, "want 1..1048576")
 	case len(c.ShardGroups) == 0:
 		return bad("ShardGroups", c.ShardGroups, "want at least one group")
-	case c.EntityMailboxCapacity < 1:
-		return bad("EntityMailboxCapacity", c.EntityMailboxCapacity, "must be positive")
-	case c.EntityMaxIdleTime <= 0:
-		return bad("EntityMaxIdleTime", c.EntityMaxIdleTime, "must be positive")
-	case c.EntityTerminationTimeout <= 0:
-		return bad("EntityTerminationTimeout", c.EntityTerminationTimeout, "must be positive")
 	case c.CallTimeout <= 0:
 		return bad("CallTimeout", c.CallTimeout, "must be positive")
 	case c.RetryBackoff <= 0 || c.RetryBackoffMax < c.RetryBackoff:
 		return bad("RetryBackoff", c.RetryBackoff, "want 0 < RetryBackoff <= RetryBackoffMax")
-	case c.StreamAckTimeout <= 0:
-		return bad("StreamAckTimeout", c.StreamAckTimeout, "must be positive")
-	case c.RunnerID != "" && !actor.ValidName(c.RunnerID):
-		return bad("RunnerID", c.RunnerID, "want [A-Za-z0-9_-]{1,64}")
-	case c.RunnerWeight < 1:
-		return bad("RunnerWeight", c.RunnerWeight, "must be at least 1")
 	case c.StorageReplicas < 1 || c.StorageReplicas > 5:
 		return bad("StorageReplicas", c.StorageReplicas, "want 1 to 5")
 	case c.Storage != "" && c.Storage != StorageFile && c.Storage != StorageMemory:
 		return bad("Storage", c.Storage, `want "file" or "memory"`)
-	case c.ShardLockExpiration < time.Second || c.ShardLockExpiration%time.Second != 0:
-		return bad("ShardLockExpiration", c.ShardLockExpiration, "want whole seconds, at least 1s (NATS per-key TTLs are whole seconds)")
-	case c.ShardLockMargin <= 0 || c.ShardLockMargin >= c.ShardLockExpiration:
-		return bad("ShardLockMargin", c.ShardLockMargin, "want 0 < margin < ShardLockExpiration")
-	case c.ShardLockRefreshInterval <= 0 || 2*c.ShardLockRefreshInterval > c.ShardLockExpiration-c.ShardLockMargin:
-		return bad("ShardLockRefreshInterval", c.ShardLockRefreshInterval, "want at least two renewals within ShardLockExpiration - ShardLockMargin")
-	case c.RefreshAssignmentsInterval <= 0:
-		return bad("RefreshAssignmentsInterval", c.RefreshAssignmentsInterval, "must be positive")
-	case c.RunnerHealthCheckTimeout <= 0:
-		return bad("RunnerHealthCheckTimeout", c.RunnerHealthCheckTimeout, "must be positive")
 	case c.PersistReplyRetention < time.Second:
 		return bad("PersistReplyRetention", c.PersistReplyRetention, "want at least 1s")
 	case c.PersistDedupWindow < time.Second:
 		return bad("PersistDedupWindow", c.PersistDedupWindow, "want at least 1s")
-	case c.PersistMaxAttempts < 1:
-		return bad("PersistMaxAttempts", c.PersistMaxAttempts, "must be at least 1")
-	case c.PersistRetryBackoff <= 0 || c.PersistRetryBackoffMax < c.PersistRetryBackoff:
-		return bad("PersistRetryBackoff", c.PersistRetryBackoff, "want 0 < PersistRetryBackoff <= PersistRetryBackoffMax")
-	case c.PersistMaxInFlight < 1:
-		return bad("PersistMaxInFlight", c.PersistMaxInFlight, "must be at least 1")
-	case len(c.ReplyPrefixes) == 0:
-		return bad("ReplyPrefixes", c.ReplyPrefixes, `want at least one prefix, such as "_INBOX."`)
-	}
-	for _, p := range c.ReplyPrefixes {
-		if p == "" || strings.ContainsAny(p, "*> \t\r\n") || strings.HasPrefix(p, "$") {
-			return bad("ReplyPrefixes", p, "want a literal subject prefix, not empty, without wildcards, not a system subject")
-		}
 	}
 	if _, err := protocol.CodecByName(c.Codec); err != nil || c.Codec == "" {
 		return bad("Codec", c.Codec, "want msgpack or json")
@@ -258,10 +255,61 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// Validate reports the first bad field as a *FieldError: the client's
+// settings first, then the runner's.
+func (c *Config) Validate() error {
+	if err := c.ClientConfig.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.EntityMailboxCapacity < 1:
+		return bad("EntityMailboxCapacity", c.EntityMailboxCapacity, "must be positive")
+	case c.EntityMaxIdleTime <= 0:
+		return bad("EntityMaxIdleTime", c.EntityMaxIdleTime, "must be positive")
+	case c.EntityTerminationTimeout <= 0:
+		return bad("EntityTerminationTimeout", c.EntityTerminationTimeout, "must be positive")
+	case c.StreamAckTimeout <= 0:
+		return bad("StreamAckTimeout", c.StreamAckTimeout, "must be positive")
+	case c.RunnerID != "" && !actor.ValidName(c.RunnerID):
+		return bad("RunnerID", c.RunnerID, "want [A-Za-z0-9_-]{1,64}")
+	case c.RunnerWeight < 1:
+		return bad("RunnerWeight", c.RunnerWeight, "must be at least 1")
+	case c.ShardLockExpiration < time.Second || c.ShardLockExpiration%time.Second != 0:
+		return bad("ShardLockExpiration", c.ShardLockExpiration, "want whole seconds, at least 1s (NATS per-key TTLs are whole seconds)")
+	case c.ShardLockMargin <= 0 || c.ShardLockMargin >= c.ShardLockExpiration:
+		return bad("ShardLockMargin", c.ShardLockMargin, "want 0 < margin < ShardLockExpiration")
+	case c.ShardLockRefreshInterval <= 0 || 2*c.ShardLockRefreshInterval > c.ShardLockExpiration-c.ShardLockMargin:
+		return bad("ShardLockRefreshInterval", c.ShardLockRefreshInterval, "want at least two renewals within ShardLockExpiration - ShardLockMargin")
+	case c.RefreshAssignmentsInterval <= 0:
+		return bad("RefreshAssignmentsInterval", c.RefreshAssignmentsInterval, "must be positive")
+	case c.RunnerHealthCheckTimeout <= 0:
+		return bad("RunnerHealthCheckTimeout", c.RunnerHealthCheckTimeout, "must be positive")
+	case c.PersistMaxAttempts < 1:
+		return bad("PersistMaxAttempts", c.PersistMaxAttempts, "must be at least 1")
+	case c.PersistRetryBackoff <= 0 || c.PersistRetryBackoffMax < c.PersistRetryBackoff:
+		return bad("PersistRetryBackoff", c.PersistRetryBackoff, "want 0 < PersistRetryBackoff <= PersistRetryBackoffMax")
+	case c.PersistMaxInFlight < 1:
+		return bad("PersistMaxInFlight", c.PersistMaxInFlight, "must be at least 1")
+	case len(c.ReplyPrefixes) == 0:
+		return bad("ReplyPrefixes", c.ReplyPrefixes, `want at least one prefix, such as "_INBOX."`)
+	}
+	for _, p := range c.ReplyPrefixes {
+		if p == "" || strings.ContainsAny(p, "*> \t\r\n") || strings.HasPrefix(p, "$") {
+			return bad("ReplyPrefixes", p, "want a literal subject prefix, not empty, without wildcards, not a system subject")
+		}
+	}
+	return nil
+}
+
 // groupOf returns the shard group of an entity type.
-func (c *Config) groupOf(entityType string) string {
+func (c *ClientConfig) groupOf(entityType string) string {
 	if g, ok := c.EntityGroups[entityType]; ok {
 		return g
 	}
 	return c.ShardGroups[0]
+}
+
+// shardOf returns the shard of an entity.
+func (c *ClientConfig) shardOf(entityType, id string) ShardID {
+	return ShardID{Group: c.groupOf(entityType), N: protocol.ShardOf(id, c.ShardsPerGroup)}
 }

@@ -1,11 +1,12 @@
 package mesh
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,24 +25,22 @@ const Version = "0.1.0"
 // and whose lease it holds, hands shards off gracefully when the assignment
 // moves them, and fences a shard the moment its lease is lost.
 type coordinator struct {
-	r   *Runner
-	st  *stores
-	reg *jetstream.Keeper // registration; replaced when lost
+	*env
+	host coordHost
+	st   *stores
+	reg  *jetstream.Keeper // registration; replaced when lost
 
 	stop     chan struct{} // closed by shutdown
 	done     chan struct{} // closed when loop returns
 	wake     chan struct{}
 	stopOnce sync.Once
-	// stallWatch makes the loop ignore the assignment watch, as a watch
-	// stalled on a lost NATS server would (tests only).
-	stallWatch atomic.Bool
 
 	mu      sync.Mutex
 	desired map[ShardID]bool
 	// assignRev is the revision of each group's assignment last applied.
 	assignRev map[string]uint64
 	owned     map[ShardID]*heldShard
-	// byPart mirrors owned by actor partition (Runner.partition), read
+	// byPart mirrors owned by actor partition (shardSpace.index), read
 	// without the lock by valid on every message.
 	byPart   []atomic.Pointer[heldShard]
 	leaving  bool // deregistered: acquire nothing more
@@ -49,25 +48,33 @@ type coordinator struct {
 	handoffs sync.WaitGroup
 }
 
+// coordHost is what the coordinator needs of its runner: what to register,
+// and serving or stopping a shard (serve.go).
+type coordHost interface {
+	registration() RunnerInfo
+	serveShard(s ShardID) error
+	stopShard(ctx context.Context, s ShardID, abort error) error
+}
+
 type heldShard struct {
 	keeper  *jetstream.Keeper
 	leaving bool
 }
 
-func newCoordinator(ctx context.Context, r *Runner) (*coordinator, error) {
-	st, err := openStores(ctx, r.nc, r.cfg)
+func newCoordinator(ctx context.Context, e *env, host coordHost) (*coordinator, error) {
+	st, err := openStores(ctx, e.nc, &e.cfg, e.log)
 	if err != nil {
 		return nil, err
 	}
 	c := &coordinator{
-		r: r, st: st,
+		env: e, host: host, st: st,
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		wake:      make(chan struct{}, 1),
 		desired:   map[ShardID]bool{},
 		assignRev: map[string]uint64{},
 		owned:     map[ShardID]*heldShard{},
-		byPart:    make([]atomic.Pointer[heldShard], len(r.cfg.ShardGroups)*r.cfg.ShardsPerGroup),
+		byPart:    make([]atomic.Pointer[heldShard], e.space.size()),
 	}
 	// Retried: a runner started while its NATS cluster elects leaders (a
 	// server restarting) would otherwise exit on the first timeout.
@@ -81,24 +88,12 @@ func newCoordinator(ctx context.Context, r *Runner) (*coordinator, error) {
 
 // register writes (or takes back) the runner's registration and keeps it.
 func (c *coordinator) register(ctx context.Context) error {
-	r := c.r
-	host, _ := os.Hostname()
-	info := RunnerInfo{ID: r.id, Weight: r.cfg.RunnerWeight, Version: Version, Host: host, Started: time.Now().UTC()}
-	for _, e := range r.rt.Entities() {
-		info.EntityTypes = append(info.EntityTypes, e.Name())
-	}
-	r.mu.Lock()
-	for name := range r.singletons {
-		info.Singletons = append(info.Singletons, name)
-	}
-	r.mu.Unlock()
-	slices.Sort(info.Singletons)
-	meta, _ := json.Marshal(info)
-	lease, err := c.st.runners.Acquire(ctx, r.id, r.id, jetstream.WithMeta(meta))
+	meta, _ := json.Marshal(c.host.registration())
+	lease, err := c.st.runners.Acquire(ctx, c.id, c.id, jetstream.WithMeta(meta))
 	if err != nil {
 		return err
 	}
-	c.reg = c.st.runners.Keep(context.Background(), lease, r.cfg.ShardLockRefreshInterval)
+	c.reg = c.st.runners.Keep(context.Background(), lease, c.cfg.ShardLockRefreshInterval)
 	return nil
 }
 
@@ -113,7 +108,7 @@ func (c *coordinator) poke() {
 
 func (c *coordinator) loop() {
 	defer close(c.done)
-	log := c.r.log
+	log := c.log
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -135,7 +130,7 @@ func (c *coordinator) loop() {
 		}
 	}()
 	var leaseEvents <-chan jetstream.Event
-	tick := time.NewTicker(c.r.cfg.RefreshAssignmentsInterval)
+	tick := time.NewTicker(c.cfg.RefreshAssignmentsInterval)
 	defer tick.Stop()
 	for {
 		// (Re)establish the watches; a failed watch is retried each tick.
@@ -161,7 +156,7 @@ func (c *coordinator) loop() {
 				aw, updates = nil, nil
 				continue
 			}
-			if c.stallWatch.Load() {
+			if c.hooks.watchStalled() {
 				continue
 			}
 			if e != nil {
@@ -202,11 +197,11 @@ func (c *coordinator) keepRegistered(ctx context.Context) {
 	default:
 		return
 	}
-	c.r.log.Warn("registration lost; registering again", "err", c.reg.Err())
-	rctx, cancel := context.WithTimeout(ctx, c.r.cfg.RefreshAssignmentsInterval)
+	c.log.Warn("registration lost; registering again", "err", c.reg.Err())
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.RefreshAssignmentsInterval)
 	defer cancel()
 	if err := c.register(rctx); err != nil {
-		c.r.log.Warn("register", "err", err)
+		c.log.Warn("register", "err", err)
 	}
 }
 
@@ -215,9 +210,9 @@ func (c *coordinator) keepRegistered(ctx context.Context) {
 // misses its new assignment serves nothing while it is healthy. A newer
 // revision than the last one seen is applied as the watch would.
 func (c *coordinator) rereadAssignments(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, c.r.cfg.RefreshAssignmentsInterval)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RefreshAssignmentsInterval)
 	defer cancel()
-	for g := range c.r.groups {
+	for g := range c.space.groups {
 		e, err := c.st.assignments.Get(ctx, g)
 		if err != nil {
 			continue // none yet, or NATS unreachable: the watch and the next tick
@@ -226,7 +221,7 @@ func (c *coordinator) rereadAssignments(ctx context.Context) {
 		newer := e.Revision() > c.assignRev[g]
 		c.mu.Unlock()
 		if newer {
-			c.r.log.Info("assignment found by re-reading", "group", g, "revision", e.Revision())
+			c.log.Info("assignment found by re-reading", "group", g, "revision", e.Revision())
 			c.onAssignment(e)
 		}
 	}
@@ -235,14 +230,14 @@ func (c *coordinator) rereadAssignments(ctx context.Context) {
 // onAssignment records which shards of a group are assigned to this runner.
 func (c *coordinator) onAssignment(e natsjs.KeyValueEntry) {
 	group := e.Key()
-	if _, ok := c.r.groups[group]; !ok {
+	if _, ok := c.space.groups[group]; !ok {
 		return
 	}
 	var a Assignment
 	if e.Operation() == natsjs.KeyValuePut {
 		var err error
 		if a, err = decodeAssignment(e.Value()); err != nil {
-			c.r.log.Error("ignoring assignment", "group", group, "err", err)
+			c.log.Error("ignoring assignment", "group", group, "err", err)
 			return
 		}
 	}
@@ -252,9 +247,9 @@ func (c *coordinator) onAssignment(e natsjs.KeyValueEntry) {
 		return // older than what the watch or a re-read already gave
 	}
 	c.assignRev[group] = e.Revision()
-	for n := range c.r.cfg.ShardsPerGroup {
+	for n := range c.cfg.ShardsPerGroup {
 		s := ShardID{Group: group, N: n}
-		if n < len(a.Shards) && a.Shards[n] == c.r.id {
+		if n < len(a.Shards) && a.Shards[n] == c.id {
 			c.desired[s] = true
 		} else {
 			delete(c.desired, s)
@@ -281,10 +276,7 @@ func (c *coordinator) reconcile(ctx context.Context) {
 	}
 	c.mu.Unlock()
 	slices.SortFunc(acquire, func(a, b ShardID) int {
-		if a.Group != b.Group {
-			return compareStrings(a.Group, b.Group)
-		}
-		return a.N - b.N
+		return cmp.Or(strings.Compare(a.Group, b.Group), a.N-b.N)
 	})
 	for _, s := range acquire {
 		if ctx.Err() != nil {
@@ -294,43 +286,32 @@ func (c *coordinator) reconcile(ctx context.Context) {
 	}
 }
 
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 func (c *coordinator) acquire(ctx context.Context, s ShardID) {
-	r := c.r
-	actx, cancel := context.WithTimeout(ctx, r.cfg.RefreshAssignmentsInterval)
+	actx, cancel := context.WithTimeout(ctx, c.cfg.RefreshAssignmentsInterval)
 	defer cancel()
-	lease, err := c.st.leases.Acquire(actx, shardKey(s), r.id)
+	lease, err := c.st.leases.Acquire(actx, shardKey(s), c.id)
 	if errors.Is(err, jetstream.ErrLeaseHeld) {
 		return // its owner is still handing it off, or crashed: wait for the release or expiry
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			r.log.Warn("acquire shard lease", "shard", s.String(), "err", err)
+			c.log.Warn("acquire shard lease", "shard", s.String(), "err", err)
 		}
 		return
 	}
-	h := &heldShard{keeper: c.st.leases.Keep(context.Background(), lease, r.cfg.ShardLockRefreshInterval)}
+	h := &heldShard{keeper: c.st.leases.Keep(context.Background(), lease, c.cfg.ShardLockRefreshInterval)}
 	c.mu.Lock()
 	c.setOwned(s, h)
 	c.mu.Unlock()
-	if err := r.serveShard(s); err != nil {
-		r.log.Warn("serve shard", "shard", s.String(), "err", err)
+	if err := c.host.serveShard(s); err != nil {
+		c.log.Warn("serve shard", "shard", s.String(), "err", err)
 		c.mu.Lock()
 		c.dropOwned(s, h)
 		c.mu.Unlock()
 		_ = h.keeper.Release(context.Background())
 		return
 	}
-	r.log.Debug("serving shard", "shard", s.String(), "lease", lease.Revision)
+	c.log.Debug("serving shard", "shard", s.String(), "lease", lease.Revision)
 	go c.watchLoss(s, h)
 }
 
@@ -342,15 +323,14 @@ func (c *coordinator) watchLoss(s ShardID, h *heldShard) {
 	if errors.Is(h.keeper.Err(), jetstream.ErrStopped) {
 		return // released by a hand-off or shutdown
 	}
-	r := c.r
-	r.log.Warn("shard lease lost: fencing", "shard", s.String(), "err", h.keeper.Err())
-	if r.cfg.Observer != nil {
-		r.cfg.Observer.LeaseRenewFailed(s, h.keeper.Err())
+	c.log.Warn("shard lease lost: fencing", "shard", s.String(), "err", h.keeper.Err())
+	if c.obs != nil {
+		c.obs.LeaseRenewFailed(s, h.keeper.Err())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.EntityTerminationTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.EntityTerminationTimeout)
 	defer cancel()
-	if err := r.stopShard(ctx, s, actor.ErrNotServing); err != nil {
-		r.log.Warn("fence shard", "shard", s.String(), "err", err)
+	if err := c.host.stopShard(ctx, s, actor.ErrNotServing); err != nil {
+		c.log.Warn("fence shard", "shard", s.String(), "err", err)
 	}
 	c.mu.Lock()
 	c.dropOwned(s, h)
@@ -362,20 +342,19 @@ func (c *coordinator) watchLoss(s ShardID, h *heldShard) {
 // new owner can take it at once. The lease is renewed until released.
 func (c *coordinator) handoff(s ShardID, h *heldShard) {
 	defer c.handoffs.Done()
-	r := c.r
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.EntityTerminationTimeout+r.cfg.RefreshAssignmentsInterval)
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.EntityTerminationTimeout+c.cfg.RefreshAssignmentsInterval)
 	defer cancel()
 	start := time.Now()
-	if err := r.stopShard(ctx, s, nil); err != nil {
-		r.log.Warn("hand off shard", "shard", s.String(), "err", err)
+	if err := c.host.stopShard(ctx, s, nil); err != nil {
+		c.log.Warn("hand off shard", "shard", s.String(), "err", err)
 	}
 	if err := h.keeper.Release(ctx); err != nil && !errors.Is(err, jetstream.ErrLeaseLost) {
-		r.log.Warn("release shard lease", "shard", s.String(), "err", err)
+		c.log.Warn("release shard lease", "shard", s.String(), "err", err)
 	}
 	c.mu.Lock()
 	c.dropOwned(s, h)
 	c.mu.Unlock()
-	r.log.Debug("handed off shard", "shard", s.String(), "took", time.Since(start))
+	c.log.Debug("handed off shard", "shard", s.String(), "took", time.Since(start))
 	c.poke()
 }
 
@@ -389,9 +368,9 @@ func (c *coordinator) shutdown(ctx context.Context) {
 	c.leaving = true
 	c.mu.Unlock()
 	if err := c.reg.Release(ctx); err != nil && !errors.Is(err, jetstream.ErrLeaseLost) {
-		c.r.log.Warn("deregister", "err", err)
+		c.log.Warn("deregister", "err", err)
 	}
-	grace := time.NewTimer(2*c.r.cfg.RefreshAssignmentsInterval + rebalanceDebounce(c.r.cfg))
+	grace := time.NewTimer(2*c.cfg.RefreshAssignmentsInterval + rebalanceDebounce(c.cfg))
 	defer grace.Stop()
 	poll := time.NewTicker(10 * time.Millisecond)
 	defer poll.Stop()
@@ -443,7 +422,7 @@ func (c *coordinator) holding() bool {
 // valid reports whether this runner holds shard s's lease and it is locally
 // valid at now.
 func (c *coordinator) valid(s ShardID, now time.Time) bool {
-	return c.validPart(c.r.partition(s), now)
+	return c.validPart(c.space.index(s), now)
 }
 
 // validPart is valid for the shard of actor partition p; it takes no lock.
@@ -455,14 +434,14 @@ func (c *coordinator) validPart(p int, now time.Time) bool {
 // setOwned records h as the holder of s; c.mu must be held.
 func (c *coordinator) setOwned(s ShardID, h *heldShard) {
 	c.owned[s] = h
-	c.byPart[c.r.partition(s)].Store(h)
+	c.byPart[c.space.index(s)].Store(h)
 }
 
 // dropOwned forgets h as the holder of s, if it still is; c.mu must be held.
 func (c *coordinator) dropOwned(s ShardID, h *heldShard) {
 	if c.owned[s] == h {
 		delete(c.owned, s)
-		c.byPart[c.r.partition(s)].CompareAndSwap(h, nil)
+		c.byPart[c.space.index(s)].CompareAndSwap(h, nil)
 	}
 }
 
@@ -480,15 +459,4 @@ func (c *coordinator) settled() bool {
 		}
 	}
 	return true
-}
-
-// Owned returns the shards whose lease this runner holds.
-func (c *coordinator) ownedShards() []ShardID {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]ShardID, 0, len(c.owned))
-	for s := range c.owned {
-		out = append(out, s)
-	}
-	return out
 }

@@ -35,11 +35,11 @@ type DeadLetter struct {
 
 // DeadLetters returns up to limit dead letters, oldest first, starting at
 // sequence from (0: the first).
-func DeadLetters(ctx context.Context, nc *nats.Conn, cfg Config, from uint64, limit int) ([]DeadLetter, error) {
+func DeadLetters(ctx context.Context, nc *nats.Conn, cfg ClientConfig, from uint64, limit int) ([]DeadLetter, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p, err := openPersistence(ctx, nc, cfg)
+	p, err := openPersistence(ctx, nc, &cfg, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -73,11 +73,11 @@ func DeadLetters(ctx context.Context, nc *nats.Conn, cfg Config, from uint64, li
 // and the message is republished on its persisted subject with the same
 // message id (so Reply finds the new outcome), then the dead letter is
 // deleted. Fix the cause first (deploy the handler, correct the data).
-func Redrive(ctx context.Context, nc *nats.Conn, cfg Config, seq uint64) error {
+func Redrive(ctx context.Context, nc *nats.Conn, cfg ClientConfig, seq uint64) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	p, err := openPersistence(ctx, nc, cfg)
+	p, err := openPersistence(ctx, nc, &cfg, nil)
 	if err != nil {
 		return err
 	}

@@ -3,21 +3,24 @@
 //
 // # Usage
 //
-// A runner hosts entities; a client calls them. Both take a *nats.Conn and
-// the same Config (every process of a cluster must agree on the prefix, the
-// shard groups and their sizes):
+// A runner hosts entities; a client calls them. A runner takes a Config, a
+// client the ClientConfig part of it: every process of a cluster must agree
+// on the prefix, the shard groups and their sizes. What is not a setting
+// (a logger, an Observer) is an Option:
 //
 //	cfg := mesh.DefaultConfig()
-//	runner, _ := mesh.NewRunner(nc, cfg)
+//	runner, _ := mesh.NewRunner(nc, cfg, mesh.WithLogger(log))
 //	runner.Register(counter.Behavior(nil))
 //	runner.Start(ctx)                    // joins the cluster run by a ShardManager
 //
-//	client, _ := mesh.NewClient(nc2, cfg) // client-only: hosts nothing
+//	client, _ := mesh.NewClient(nc2, cfg.ClientConfig) // client-only: hosts nothing
 //	v, err := mesh.Call(ctx, client, counter.Increment, "user-123", counter.Amount{Amount: 5})
 //
 // Call waits for the reply, Send fires and forgets, Stream reads a streaming
 // RPC's chunks as they come. Payloads are msgpack by default or JSON
-// (Config.Codec); a runner answers in the codec it was asked in.
+// (ClientConfig.Codec); a runner answers in the codec it was asked in. The
+// wire protocol's names (subjects, headers, codes, codecs) are in package
+// mesh/protocol.
 //
 // # Cluster
 //
@@ -43,8 +46,9 @@
 //
 // # Routing
 //
-// An entity id maps to a shard, protocol.ShardOf(id, ShardsPerGroup) = xxhash64(id) mod
-// n, and each shard is a NATS subject that only its owner subscribes to. A call
+// An entity id maps to a shard, protocol.ShardOf(id, ShardsPerGroup) =
+// xxhash64(id) mod n, and each shard is a NATS subject that only its owner
+// subscribes to. A call
 // that finds no subscriber (the shard is unowned or moving) gets NATS's "no
 // responders" at once, and the client retries with backoff until its
 // deadline, then returns ErrShardUnavailable. The wire protocol is in
@@ -54,9 +58,13 @@
 // # Concurrency
 //
 // Runner and Client are safe for concurrent use. A runner's shard
-// subscriptions only hand messages to entity mailboxes (the actor runtime),
-// so a slow entity never holds up its shard's other entities. Replies are
-// published from the entity's goroutine.
+// subscriptions feed one dispatcher goroutine, which only hands messages to
+// entity mailboxes (the actor runtime), so a slow entity never holds up its
+// shard's other entities. A successful unary reply, and a persisted
+// message's reply and acknowledgement, go from the entity's goroutine to
+// one publishing goroutine that sends a burst in one socket write
+// (replies.go); error replies and stream chunks are published from the
+// goroutine that has them. docs/design.md follows a call through the code.
 //
 // # Guarantees
 //
@@ -69,5 +77,5 @@
 // reply; messages published by one connection without waiting (Send) keep
 // their publish order too. Errors cross the wire typed: declared failures and
 // *actor.Defect arrive as themselves, everything else as *Error matching the
-// actor sentinels with errors.Is.
+// actor sentinels with errors.Is; CodeOf gives any outcome's wire code.
 package mesh

@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"errors"
+	"reflect"
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
@@ -23,8 +24,11 @@ var (
 	// ErrBadRequest is returned for a request that breaks the protocol
 	// (missing headers, bad subject).
 	ErrBadRequest = errors.New("mesh: bad request")
-	// ErrInvalidOption wraps every rejected option or configuration field.
-	ErrInvalidOption = errors.New("mesh: invalid option")
+	// ErrInvalidOption wraps every rejected option, configuration field or
+	// argument (a *FieldError for Config and ClientConfig). It is
+	// actor.ErrInvalidOption: one sentinel for invalid input across
+	// natsmesh.
+	ErrInvalidOption = actor.ErrInvalidOption
 	// ErrClosed is returned after a runner or client was closed.
 	ErrClosed = errors.New("mesh: closed")
 	// ErrStreamBroken is returned when a stream's chunks arrive out of
@@ -77,12 +81,74 @@ func (e *Error) Is(target error) bool {
 	return false
 }
 
-// codeOf returns the wire code of a handler or runtime error.
-func codeOf(err error) string {
+// replyCode is the wire code a runner answers err with: the code of the
+// first sentinel it matches, else CodeError. It is not CodeOf: an error a
+// handler returns from a call it made itself (ErrShardUnavailable, say)
+// must not become NotServing, which would make its caller send the call
+// again to a shard where it has run.
+func replyCode(err error) string {
 	for _, c := range codes {
 		if errors.Is(err, c.err) {
 			return c.code
 		}
 	}
 	return protocol.CodeError
+}
+
+// CodeOf returns the wire code of an outcome a caller or an Observer sees,
+// or "" for nil and for errors that stand for no code (a local failure:
+// the connection closed, say). The code of a *Error; CodeFailure for a
+// DeclaredFailure; CodeDefect for a *actor.Defect; CodeNotServing for
+// ErrShardUnavailable; otherwise the code of the actor or mesh sentinel it
+// matches (CodeMailboxFull for actor.ErrMailboxFull, CodeTimeout for a
+// deadline, ...). Gateways map it to HTTP statuses, metrics and traces
+// record it.
+func CodeOf(err error) string {
+	var e *Error
+	var d *actor.Defect
+	var f *DeclaredFailure
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &f):
+		return protocol.CodeFailure
+	case errors.As(err, &e):
+		return e.Code
+	case errors.As(err, &d):
+		return protocol.CodeDefect
+	case errors.Is(err, ErrShardUnavailable):
+		return protocol.CodeNotServing
+	}
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return ""
+}
+
+// DeclaredFailure wraps one of an RPC's declared failures in the outcomes
+// Observers hear (CallObservation.Done, CallSent's function), so that they
+// can tell it from other errors; Failure is its declared name. Callers of
+// Call get the failure itself, never this wrapper.
+type DeclaredFailure struct {
+	Failure string
+	Err     error
+}
+
+func (f *DeclaredFailure) Error() string { return f.Err.Error() }
+func (f *DeclaredFailure) Unwrap() error { return f.Err }
+
+// declared wraps err in a DeclaredFailure if it is one of info's declared
+// failures.
+func declared(info actor.RPCInfo, err error) error {
+	if err == nil || info == nil {
+		return err
+	}
+	for _, f := range info.Failures() {
+		if errors.As(err, reflect.New(f.Type).Interface()) {
+			return &DeclaredFailure{Failure: f.Code, Err: err}
+		}
+	}
+	return err
 }

@@ -42,7 +42,7 @@ func ExampleCall() {
 	}
 	defer runner.Shutdown(ctx)
 
-	client, err := mesh.NewClient(nc, cfg)
+	client, err := mesh.NewClient(nc, cfg.ClientConfig)
 	if err != nil {
 		panic(err)
 	}

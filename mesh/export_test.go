@@ -3,15 +3,28 @@ package mesh
 import (
 	"fmt"
 	"time"
-
-	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
-// LoseDeliveries makes every runner's persisted consumers drop the
-// deliveries f returns true for, until the returned function is called.
-func LoseDeliveries(f func(streamSeq, numDelivered uint64) bool) (restore func()) {
-	loseDelivery.Store(&f)
-	return func() { loseDelivery.Store(nil) }
+// WithTestHooks gives a runner the test hooks below (a runner made without
+// it has none, as in production).
+func WithTestHooks() Option {
+	return func(o *options) error { o.hooks = &hooks{}; return nil }
+}
+
+// hooksOf returns r's test hooks; r must have been made WithTestHooks.
+func hooksOf(r *Runner) *hooks {
+	if r.hooks == nil {
+		panic("mesh: runner made without WithTestHooks")
+	}
+	return r.hooks
+}
+
+// LoseDeliveries makes r's persisted consumer drop the deliveries f
+// returns true for, until the returned function is called.
+func LoseDeliveries(r *Runner, f func(streamSeq, numDelivered uint64) bool) (restore func()) {
+	h := hooksOf(r)
+	h.loseDelivery.Store(&f)
+	return func() { h.loseDelivery.Store(nil) }
 }
 
 // DebugPersisted describes a runner's persisted-message consumer, for a
@@ -40,7 +53,7 @@ func DebugPersisted(r *Runner) string {
 // StallAssignmentWatch makes r ignore its assignment watch from now on, as
 // if the watch had stalled: only re-reading the assignments can move its
 // shards.
-func StallAssignmentWatch(r *Runner) { r.coordp.Load().stallWatch.Store(true) }
+func StallAssignmentWatch(r *Runner) { hooksOf(r).stallWatch.Store(true) }
 
 // LockRunner holds r's lock until the returned function is called, as a
 // shard set-up blocked on a wedged NATS connection would.
@@ -57,21 +70,16 @@ func SetWallClock(r *Runner, offset time.Duration) {
 	r.wallNow = func() time.Time { return time.Now().Round(0).Add(offset) }
 }
 
-// ReplyKey is the key of a persisted message's stored reply.
-func ReplyKey(msgID string) string { return protocol.ReplyKey(msgID) }
-
-// FailReplyLookups makes every runner's look-ups of stored replies call f
-// first and fail with the error it returns, until the returned function
-// is called.
-func FailReplyLookups(f func(msgID string) error) (restore func()) {
-	failReplyLookup.Store(&f)
-	return func() { failReplyLookup.Store(nil) }
+// FailReplyLookups makes r's look-ups of stored replies call f first and
+// fail with the error it returns, until the returned function is called.
+func FailReplyLookups(r *Runner, f func(msgID string) error) (restore func()) {
+	h := hooksOf(r)
+	h.failReplyLookup.Store(&f)
+	return func() { h.failReplyLookup.Store(nil) }
 }
 
 // ShardOfEntity is the shard of an entity for r.
-func ShardOfEntity(r *Runner, entityType, id string) ShardID {
-	return ShardID{Group: r.cfg.groupOf(entityType), N: protocol.ShardOf(id, r.cfg.ShardsPerGroup)}
-}
+func ShardOfEntity(r *Runner, entityType, id string) ShardID { return r.cfg.shardOf(entityType, id) }
 
 // DropPersistedShard makes r's persisted consumer stop handling shard s's
 // messages, as a fencing or hand-off of s does, without waiting.
@@ -96,13 +104,14 @@ func persistedOf(r *Runner) *persistConsumer {
 	return r.pc
 }
 
-// HoldRebuilds holds every runner's persisted-consumer rebuilds until the
-// returned function is called.
-func HoldRebuilds() (release func()) {
+// HoldRebuilds holds r's persisted-consumer rebuilds until the returned
+// function is called.
+func HoldRebuilds(r *Runner) (release func()) {
+	h := hooksOf(r)
 	ch := make(chan struct{})
-	holdRebuilds.Store(&ch)
+	h.holdRebuilds.Store(&ch)
 	return func() {
-		if holdRebuilds.CompareAndSwap(&ch, nil) {
+		if h.holdRebuilds.CompareAndSwap(&ch, nil) {
 			close(ch)
 		}
 	}

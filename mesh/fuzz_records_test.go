@@ -102,32 +102,32 @@ func FuzzAssignmentRecord(f *testing.F) {
 	f.Fuzz(func(t *testing.T, group string, value []byte, op uint8) {
 		cfg := DefaultConfig()
 		cfg.ShardsPerGroup, cfg.ShardGroups = shards, []string{"default", "other"}
-		r := &Runner{id: "r1", cfg: cfg, groups: map[string]int{"default": 0, "other": 1}, log: slog.New(slog.DiscardHandler)}
-		c := &coordinator{r: r, desired: map[ShardID]bool{}, assignRev: map[string]uint64{}}
+		e := &env{id: "r1", cfg: cfg, space: newShardSpace(&cfg.ClientConfig), log: slog.New(slog.DiscardHandler)}
+		c := &coordinator{env: e, desired: map[ShardID]bool{}, assignRev: map[string]uint64{}}
 		before := map[ShardID]bool{}
 		for _, g := range cfg.ShardGroups {
 			for _, n := range []int{1, 5} { // some shards wanted before the record
 				c.desired[ShardID{Group: g, N: n}], before[ShardID{Group: g, N: n}] = true, true
 			}
 		}
-		e := kvEntry{key: group, value: value, op: natsjs.KeyValueOp(op % 3)}
-		c.onAssignment(e)
+		entry := kvEntry{key: group, value: value, op: natsjs.KeyValueOp(op % 3)}
+		c.onAssignment(entry)
 		want := before
-		if _, known := r.groups[group]; known {
+		if _, known := e.space.groups[group]; known {
 			switch a, err := decodeAssignment(value); {
-			case e.op != natsjs.KeyValuePut:
+			case entry.op != natsjs.KeyValuePut:
 				want = without(before, group)
 			case err == nil:
 				want = without(before, group)
 				for n := 0; n < shards && n < len(a.Shards); n++ {
-					if a.Shards[n] == r.id {
+					if a.Shards[n] == e.id {
 						want[ShardID{Group: group, N: n}] = true
 					}
 				}
 			}
 		}
 		if !reflect.DeepEqual(c.desired, want) {
-			t.Fatalf("assignment %q (op %v) for %q: runner wants %v, want %v", value, e.op, group, c.desired, want)
+			t.Fatalf("assignment %q (op %v) for %q: runner wants %v, want %v", value, entry.op, group, c.desired, want)
 		}
 	})
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 
@@ -56,7 +57,7 @@ func Inspect(ctx context.Context, nc *nats.Conn, cfg Config) (*ClusterStatus, er
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	st, err := openStores(ctx, nc, cfg)
+	st, err := openStores(ctx, nc, &cfg, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -120,12 +121,12 @@ func Inspect(ctx context.Context, nc *nats.Conn, cfg Config) (*ClusterStatus, er
 	for _, rs := range byRunner {
 		out.Runners = append(out.Runners, *rs)
 	}
-	slices.SortFunc(out.Runners, func(a, b RunnerStatus) int { return compareStrings(a.ID, b.ID) })
+	slices.SortFunc(out.Runners, func(a, b RunnerStatus) int { return strings.Compare(a.ID, b.ID) })
 	for name := range singletons {
 		s := cfg.SingletonShard(name)
 		out.Singletons = append(out.Singletons, SingletonStatus{Name: name, Shard: s, Runner: holders[s].Holder})
 	}
-	slices.SortFunc(out.Singletons, func(a, b SingletonStatus) int { return compareStrings(a.Name, b.Name) })
+	slices.SortFunc(out.Singletons, func(a, b SingletonStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -32,17 +33,18 @@ type ShardManager struct {
 }
 
 // NewShardManager returns a shard manager on nc; Run it. It returns an
-// error wrapping ErrInvalidOption for a bad configuration.
-func NewShardManager(nc *nats.Conn, cfg Config) (*ShardManager, error) {
+// error wrapping ErrInvalidOption for a bad configuration or option
+// (WithLogger is the one that applies).
+func NewShardManager(nc *nats.Conn, cfg Config, opts ...Option) (*ShardManager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	m := &ShardManager{nc: nc, cfg: cfg, id: "manager-" + nuid.Next(), log: cfg.Logger}
-	if m.log == nil {
-		m.log = slog.New(slog.DiscardHandler)
+	o, err := applyOptions("NewShardManager", false, opts)
+	if err != nil {
+		return nil, err
 	}
-	m.log = m.log.With("manager", m.id)
-	return m, nil
+	id := "manager-" + nuid.Next()
+	return &ShardManager{nc: nc, cfg: cfg, id: id, log: o.log.With("manager", id)}, nil
 }
 
 // ID returns the manager's id.
@@ -59,7 +61,7 @@ func (m *ShardManager) Ready() bool { return m.running.Load() && m.nc.IsConnecte
 // balanced over the live runners. It returns nil when ctx ends (releasing
 // the leadership), or an error if the KV buckets cannot be opened.
 func (m *ShardManager) Run(ctx context.Context) error {
-	st, err := openStores(ctx, m.nc, m.cfg)
+	st, err := openStores(ctx, m.nc, &m.cfg, m.log)
 	if err != nil {
 		return err
 	}
@@ -276,7 +278,7 @@ func (t *term) rebalance(ctx context.Context) {
 	for id, info := range t.live {
 		runners = append(runners, assign.Runner{ID: id, Weight: info.Weight})
 	}
-	slices.SortFunc(runners, func(a, b assign.Runner) int { return compareStrings(a.ID, b.ID) })
+	slices.SortFunc(runners, func(a, b assign.Runner) int { return strings.Compare(a.ID, b.ID) })
 	for _, g := range t.m.cfg.ShardGroups {
 		if !t.k.Lease().Valid(time.Now()) {
 			return

@@ -128,12 +128,18 @@ func testConfig() mesh.Config {
 // startRunner starts a standalone runner (all shards) on its own connection.
 func startRunner(t testing.TB, url string, cfg mesh.Config, behaviors ...*actor.Behavior) *mesh.Runner {
 	t.Helper()
+	return startRunnerWith(t, url, cfg, nil, behaviors...)
+}
+
+// startRunnerWith is startRunner with options besides the test hooks.
+func startRunnerWith(t testing.TB, url string, cfg mesh.Config, opts []mesh.Option, behaviors ...*actor.Behavior) *mesh.Runner {
+	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	r, err := mesh.NewRunner(nc, cfg)
+	r, err := mesh.NewRunner(nc, cfg, append([]mesh.Option{mesh.WithTestHooks()}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,14 +161,14 @@ func startRunner(t testing.TB, url string, cfg mesh.Config, behaviors ...*actor.
 	return r
 }
 
-func newClient(t testing.TB, url string, cfg mesh.Config) (*mesh.Client, *nats.Conn) {
+func newClient(t testing.TB, url string, cfg mesh.Config, opts ...mesh.Option) (*mesh.Client, *nats.Conn) {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	c, err := mesh.NewClient(nc, cfg)
+	c, err := mesh.NewClient(nc, cfg.ClientConfig, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

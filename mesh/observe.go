@@ -11,7 +11,7 @@ import (
 
 // Observer hears what clients and runners do, for metrics and tracing
 // (package observe/prom and observe/otel adapt it to Prometheus and
-// OpenTelemetry). Set it in Config.Observer; nil costs nothing on the hot
+// OpenTelemetry). Give it with WithObserver; without one nothing is spent on the hot
 // path. Its methods are called concurrently from many goroutines and must
 // not block. Embed NopObserver to implement only some methods and to stay
 // compatible when methods are added.
@@ -88,10 +88,10 @@ func (NopObserver) CallReceived(ctx context.Context, _ actor.Address, _ string, 
 // callSent reports a call about to leave; it returns the function to call
 // with its outcome (never nil).
 func (c *Client) callSent(ctx context.Context, entityType, rpc string, h nats.Header) func(error) {
-	if c.cfg.Observer == nil {
+	if c.obs == nil {
 		return noDone
 	}
-	if done := c.cfg.Observer.CallSent(ctx, entityType, rpc, h); done != nil {
+	if done := c.obs.CallSent(ctx, entityType, rpc, h); done != nil {
 		return done
 	}
 	return noDone

@@ -55,7 +55,7 @@ type ctxKey struct{}
 func (o *recorder) Activated(a actor.Address) { o.add("activated %s", a) }
 func (o *recorder) CallSent(_ context.Context, typ, rpc string, h nats.Header) func(error) {
 	h.Set("X-Test-Trace", typ+"."+rpc)
-	return func(err error) { o.add("sent %s.%s %s", typ, rpc, mesh.RemoteCode(err)) }
+	return func(err error) { o.add("sent %s.%s %s", typ, rpc, mesh.CodeOf(err)) }
 }
 
 func (o *recorder) CallReceived(ctx context.Context, a actor.Address, rpc string, _ mesh.ShardID, h nats.Header) (context.Context, mesh.CallObservation) {
@@ -80,26 +80,25 @@ type callRec struct {
 
 func (c *callRec) Started() { c.started = true }
 func (c *callRec) Done(err error) {
-	c.o.add("done %s started=%v %s", c.name, c.started, mesh.RemoteCode(err))
+	c.o.add("done %s started=%v %s", c.name, c.started, mesh.CodeOf(err))
 }
 
 func TestObserver(t *testing.T) {
 	s := natstest.StartServer(t)
 	rec := &recorder{}
 	cfg := persistConfig()
-	cfg.Observer = rec
 	l := newLedgerLog()
 	traced := make(chan any, 1)
 	echo := actor.NewEntity("Traced")
 	ping := actor.NewRPC[actor.Empty, int](echo, "Ping")
-	startRunner(t, s.ClientURL(), cfg, counterBehavior(newHooks()), ledgerBehavior(l),
+	startRunnerWith(t, s.ClientURL(), cfg, []mesh.Option{mesh.WithObserver(rec)}, counterBehavior(newHooks()), ledgerBehavior(l),
 		actor.Implement(echo, func(*actor.Instance) ([]actor.Handler, error) {
 			return []actor.Handler{actor.Handle(ping, func(ctx context.Context, _ actor.Empty) (int, error) {
 				traced <- ctx.Value(ctxKey{})
 				return 1, nil
 			})}, nil
 		}))
-	c, _ := newClient(t, s.ClientURL(), cfg)
+	c, _ := newClient(t, s.ClientURL(), cfg, mesh.WithObserver(rec))
 	ctx := context.Background()
 
 	if _, err := mesh.Call(ctx, c, ping, "a", actor.Empty{}); err != nil {

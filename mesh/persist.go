@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"log/slog"
 
 	"github.com/nats-io/nats.go"
 	natsjs "github.com/nats-io/nats.go/jetstream"
@@ -18,7 +19,8 @@ type persistence struct {
 	dead    natsjs.Stream
 }
 
-func openPersistence(ctx context.Context, nc *nats.Conn, cfg Config) (*persistence, error) {
+func openPersistence(ctx context.Context, nc *nats.Conn, cfg *ClientConfig, log *slog.Logger) (*persistence, error) {
+	subj := protocol.Subjects{Prefix: cfg.Prefix}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, jetstream.SetupTimeout)
@@ -32,18 +34,15 @@ func openPersistence(ctx context.Context, nc *nats.Conn, cfg Config) (*persisten
 	if p.stream, err = openStream(ctx, js, natsjs.StreamConfig{
 		Name:        cfg.Prefix + "_persist",
 		Description: "natsmesh persisted messages, one durable consumer per runner",
-		Subjects: []string{
-			cfg.Prefix + "." + protocol.Version + ".persist.>",
-			cfg.Prefix + "." + protocol.Version + ".sched.>",
-		},
-		Retention:  natsjs.WorkQueuePolicy,
-		Storage:    cfg.storageType(),
-		Replicas:   cfg.StorageReplicas,
-		Duplicates: cfg.PersistDedupWindow,
+		Subjects:    []string{subj.PersistAll(), subj.ScheduleAll()},
+		Retention:   natsjs.WorkQueuePolicy,
+		Storage:     cfg.storageType(),
+		Replicas:    cfg.StorageReplicas,
+		Duplicates:  cfg.PersistDedupWindow,
 		// DeliverAt: the server publishes a scheduled message to its
 		// shard's subject at its time (nats-server 2.12+).
 		AllowMsgSchedules: true,
-	}, cfg.Logger); err != nil {
+	}, log); err != nil {
 		return nil, err
 	}
 	if p.replies, err = openKV(ctx, js, natsjs.KeyValueConfig{
@@ -53,16 +52,16 @@ func openPersistence(ctx context.Context, nc *nats.Conn, cfg Config) (*persisten
 		TTL:         cfg.PersistReplyRetention,
 		Replicas:    cfg.StorageReplicas,
 		Storage:     cfg.storageType(),
-	}, cfg.Logger); err != nil {
+	}, log); err != nil {
 		return nil, err
 	}
 	if p.dead, err = openStream(ctx, js, natsjs.StreamConfig{
 		Name:        cfg.Prefix + "_deadletters",
 		Description: "natsmesh persisted messages that could not be handled, with the reason",
-		Subjects:    []string{cfg.Prefix + "." + protocol.Version + ".dead.>"},
+		Subjects:    []string{subj.DeadAll()},
 		Storage:     cfg.storageType(),
 		Replicas:    cfg.StorageReplicas,
-	}, cfg.Logger); err != nil {
+	}, log); err != nil {
 		return nil, err
 	}
 	return p, nil

@@ -14,8 +14,9 @@ import (
 	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 
-// CallOption configures one Call or Send.
-type CallOption func(*callOptions)
+// CallOption configures one Call or Send. A bad option fails the call with
+// an error wrapping ErrInvalidOption.
+type CallOption func(*callOptions) error
 
 type callOptions struct {
 	msgID     string
@@ -25,20 +26,36 @@ type callOptions struct {
 // DeliverAt delays a persisted message: it is stored now and handled no
 // earlier than t (a restart of every runner in between delays it no more
 // than the restart). Volatile RPCs ignore it.
-func DeliverAt(t time.Time) CallOption { return func(o *callOptions) { o.deliverAt = t } }
+func DeliverAt(t time.Time) CallOption {
+	return func(o *callOptions) error { o.deliverAt = t; return nil }
+}
 
 // MessageID gives a persisted message its id, an idempotency key: sending
 // the same id again stores it once (within the dedup window) and is answered
 // with the stored reply without running the handler again (within the reply
-// retention). Without it a unique id is generated. Volatile RPCs ignore it.
-func MessageID(id string) CallOption { return func(o *callOptions) { o.msgID = id } }
+// retention). Without it, or with "", a unique id is generated. An id is at
+// most protocol.MaxMessageIDLen bytes. Volatile RPCs ignore it.
+func MessageID(id string) CallOption {
+	return func(o *callOptions) error {
+		if len(id) > protocol.MaxMessageIDLen {
+			return fmt.Errorf("%w: message id of %d bytes, limit %d", ErrInvalidOption, len(id), protocol.MaxMessageIDLen)
+		}
+		o.msgID = id
+		return nil
+	}
+}
 
-func applyCallOptions(opts []CallOption) callOptions {
+func applyCallOptions(opts []CallOption) (callOptions, error) {
 	var o callOptions
 	for _, opt := range opts {
-		opt(&o)
+		if opt == nil {
+			return o, fmt.Errorf("%w: nil CallOption", ErrInvalidOption)
+		}
+		if err := opt(&o); err != nil {
+			return o, err
+		}
 	}
-	return o
+	return o, nil
 }
 
 // persistence returns the client's view of the persisted-message stream and
@@ -49,7 +66,7 @@ func (c *Client) persistence(ctx context.Context) (*persistence, error) {
 	if c.persist != nil {
 		return c.persist, nil
 	}
-	p, err := openPersistence(ctx, c.nc, c.cfg)
+	p, err := openPersistence(ctx, c.nc, &c.cfg, c.log)
 	if err != nil {
 		return nil, err
 	}
@@ -74,9 +91,6 @@ func (c *Client) publishPersisted(ctx context.Context, entityType, rpc string, c
 	msgID := o.msgID
 	if msgID == "" {
 		msgID = nuid.Next()
-	}
-	if len(msgID) > protocol.MaxMessageIDLen {
-		return "", false, fmt.Errorf("%w: message id of %d bytes, limit %d", ErrInvalidOption, len(msgID), protocol.MaxMessageIDLen)
 	}
 	target := c.subj.Persist(c.Shard(entityType, id), entityType, rpc)
 	m := &nats.Msg{Subject: target, Data: payload, Header: make(nats.Header, 4+len(extra))}

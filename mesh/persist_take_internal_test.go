@@ -138,14 +138,14 @@ func TestTakeShardsRacingARebuild(t *testing.T) {
 		publish("p.a.2")
 		consumeAll("runner-victim", 2)
 	}
-	takeShardsListed.Store(&hook)
-	defer takeShardsListed.Store(nil)
-	r := &Runner{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	taker := &persistConsumer{r: r, p: &persistence{js: js, stream: st}, name: "runner-taker"}
+	h := &hooks{}
+	h.takeShardsListed.Store(&hook)
+	e := &env{log: slog.New(slog.NewTextHandler(io.Discard, nil)), hooks: h}
+	taker := &persistConsumer{env: e, p: &persistence{js: js, stream: st}, name: "runner-taker"}
 	if err := taker.takeShards(ctx, []string{"p.a.>"}); err != nil {
 		t.Fatal(err)
 	}
-	takeShardsListed.Store(nil)
+	h.takeShardsListed.Store(nil)
 	if c, err := st.Consumer(ctx, "runner-victim"); err == nil {
 		cfg := c.CachedInfo().Config
 		have := append(slices.Clone(cfg.FilterSubjects), cfg.FilterSubject)

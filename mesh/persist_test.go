@@ -203,7 +203,9 @@ func TestPersistedLostDelivery(t *testing.T) {
 	var mu sync.Mutex
 	lose := map[uint64]bool{5: true, 17: true, 18: true, 40: true}
 	lost := 0
-	defer mesh.LoseDeliveries(func(seq, _ uint64) bool {
+	l := newLedgerLog()
+	r := startRunner(t, s.ClientURL(), persistConfig(), ledgerBehavior(l))
+	defer mesh.LoseDeliveries(r, func(seq, _ uint64) bool {
 		mu.Lock()
 		defer mu.Unlock()
 		if lose[seq] {
@@ -213,8 +215,6 @@ func TestPersistedLostDelivery(t *testing.T) {
 		}
 		return false
 	})()
-	l := newLedgerLog()
-	startRunner(t, s.ClientURL(), persistConfig(), ledgerBehavior(l))
 	c, _ := newClient(t, s.ClientURL(), persistConfig())
 	ctx := context.Background()
 	const n = 60
@@ -369,7 +369,7 @@ func TestDeadLetterRedrive(t *testing.T) {
 	if _, err := mesh.Call(ctx, c, Shaky, "d", 5, mesh.MessageID("shaky-5")); !errors.Is(err, actor.ErrDefect) {
 		t.Fatalf("Shaky(5) = %v, want a defect", err)
 	}
-	dls, err := mesh.DeadLetters(ctx, nc, cfg, 0, 10)
+	dls, err := mesh.DeadLetters(ctx, nc, cfg.ClientConfig, 0, 10)
 	if err != nil || len(dls) != 1 {
 		t.Fatalf("DeadLetters = %+v, %v", dls, err)
 	}
@@ -378,13 +378,13 @@ func TestDeadLetterRedrive(t *testing.T) {
 		t.Fatalf("dead letter = %+v", dl)
 	}
 	// Two more failures happen on re-drive, then it succeeds (the 6th run).
-	if err := mesh.Redrive(ctx, nc, cfg, dl.Seq); err != nil {
+	if err := mesh.Redrive(ctx, nc, cfg.ClientConfig, dl.Seq); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := mesh.Reply(ctx, c, Shaky, "shaky-5"); err != nil || got != "ok" {
 		t.Fatalf("after re-drive: %q, %v", got, err)
 	}
-	if dls, err := mesh.DeadLetters(ctx, nc, cfg, 0, 10); err != nil || len(dls) != 0 {
+	if dls, err := mesh.DeadLetters(ctx, nc, cfg.ClientConfig, 0, 10); err != nil || len(dls) != 0 {
 		t.Fatalf("dead letters after re-drive: %+v, %v", dls, err)
 	}
 }
@@ -416,7 +416,7 @@ func TestPersistedBadInput(t *testing.T) {
 	want := map[string]string{"m1": protocol.CodeMalformed, "m2": protocol.CodeUnknownRPC, "m3": protocol.CodeBadRequest, "m4": protocol.CodeBadRequest}
 	var dls []mesh.DeadLetter
 	natstest.WaitFor(t, 10*time.Second, func() bool {
-		dls, _ = mesh.DeadLetters(ctx, nc, cfg, 0, 10)
+		dls, _ = mesh.DeadLetters(ctx, nc, cfg.ClientConfig, 0, 10)
 		return len(dls) == len(want)
 	}, "four dead letters")
 	for _, dl := range dls {
@@ -458,10 +458,11 @@ func TestPersistedR3CrashAndServerLoss(t *testing.T) {
 		}
 		rc := cfg
 		rc.RunnerID = id
+		opts := []mesh.Option{mesh.WithRuntimeOptions(actor.WithObserver(runnerObserver{c.obs, id}))}
 		if os.Getenv("MESH_TEST_LOG") != "" {
-			rc.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			opts = append(opts, mesh.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 		}
-		r, err := mesh.NewRunner(nc, rc, actor.WithObserver(runnerObserver{c.obs, id}))
+		r, err := mesh.NewRunner(nc, rc, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -657,7 +658,7 @@ func TestPersistedHandoff(t *testing.T) {
 		t.Cleanup(nc.Close)
 		rc := cfg
 		rc.RunnerID = id
-		r, err := mesh.NewRunner(nc, rc, actor.WithObserver(runnerObserver{c.obs, id}))
+		r, err := mesh.NewRunner(nc, rc, mesh.WithRuntimeOptions(actor.WithObserver(runnerObserver{c.obs, id})))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -868,12 +869,12 @@ func TestPersistedReplyFirstWriterWins(t *testing.T) {
 			if err != nil {
 				return "", err
 			}
-			e, err := kv.Get(ctx, mesh.ReplyKey("seed-1"))
+			e, err := kv.Get(ctx, protocol.ReplyKey("seed-1"))
 			if err != nil {
 				return "", err
 			}
 			msgID, _ := mesh.MessageIDFromContext(ctx)
-			if _, err := kv.Put(ctx, mesh.ReplyKey(msgID), e.Value()); err != nil {
+			if _, err := kv.Put(ctx, protocol.ReplyKey(msgID), e.Value()); err != nil {
 				return "", err
 			}
 			return "late", nil
@@ -909,7 +910,7 @@ func TestPersistedRetryAcrossShardLoss(t *testing.T) {
 	looking := make(chan struct{})
 	fail := make(chan struct{})
 	var once sync.Once
-	defer mesh.FailReplyLookups(func(msgID string) error {
+	defer mesh.FailReplyLookups(r, func(msgID string) error {
 		if msgID != "first" {
 			return nil
 		}
@@ -933,7 +934,7 @@ func TestPersistedRetryAcrossShardLoss(t *testing.T) {
 	}
 	// The consumer keeps its filters until its rebuild, held here so that
 	// the shard comes back before it.
-	release := mesh.HoldRebuilds()
+	release := mesh.HoldRebuilds(r)
 	defer release()
 	mesh.DropPersistedShard(r, shard) // fenced while the look-up is stuck
 	close(fail)

@@ -2,9 +2,7 @@ package mesh
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"reflect"
 
 	"github.com/nats-io/nats.go"
 
@@ -55,8 +53,11 @@ func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
 	defer cancel()
 	var reply *nats.Msg
 	if call.Persisted {
-		var err error
-		reply, err = c.callPersisted(ctx, call.EntityType, call.RPC, codecValue, call.ID, call.Payload, callOptions{msgID: call.MessageID})
+		o, err := applyCallOptions([]CallOption{MessageID(call.MessageID)})
+		if err != nil {
+			return nil, err
+		}
+		reply, err = c.callPersisted(ctx, call.EntityType, call.RPC, codecValue, call.ID, call.Payload, o)
 		if err != nil {
 			return nil, err
 		}
@@ -104,74 +105,4 @@ func decodeRawError(codec actor.Codec, code string, data []byte) error {
 		e.Detail = append([]byte(nil), detail...)
 	}
 	return e
-}
-
-// RemoteCode returns the wire code that err stands for (the code of a
-// *Error, protocol.CodeDefect for a *actor.Defect, protocol.CodeNotServing for
-// ErrShardUnavailable, protocol.CodeTimeout for a deadline, ...), or "" for other
-// errors, such as a declared failure already decoded into its Go type.
-func RemoteCode(err error) string {
-	var e *Error
-	var d *actor.Defect
-	var f *DeclaredFailure
-	switch {
-	case err == nil:
-		return ""
-	case errors.As(err, &f):
-		return protocol.CodeFailure
-	case errors.As(err, &e):
-		return e.Code
-	case errors.As(err, &d):
-		return protocol.CodeDefect
-	case errors.Is(err, ErrShardUnavailable):
-		return protocol.CodeNotServing
-	case errors.Is(err, ErrPayloadTooLarge):
-		return protocol.CodePayloadTooLarge
-	case errors.Is(err, actor.ErrInvalidID):
-		return protocol.CodeInvalidID
-	case errors.Is(err, context.DeadlineExceeded):
-		return protocol.CodeTimeout
-	case errors.Is(err, context.Canceled):
-		return protocol.CodeCanceled
-	}
-	return ""
-}
-
-// CodeOf returns the wire code of an outcome as an Observer sees it: ""
-// for nil, the code RemoteCode finds, the code of an actor error
-// (protocol.CodeMailboxFull, ...), or protocol.CodeError for any other error.
-func CodeOf(err error) string {
-	if err == nil {
-		return ""
-	}
-	if c := RemoteCode(err); c != "" {
-		return c
-	}
-	return codeOf(err)
-}
-
-// DeclaredFailure wraps one of an RPC's declared failures in the outcomes
-// Observers hear (CallObservation.Done, CallSent's function), so that they
-// can tell it from other errors; Failure is its declared name. Callers of
-// Call get the failure itself, never this wrapper.
-type DeclaredFailure struct {
-	Failure string
-	Err     error
-}
-
-func (f *DeclaredFailure) Error() string { return f.Err.Error() }
-func (f *DeclaredFailure) Unwrap() error { return f.Err }
-
-// declared wraps err in a DeclaredFailure if it is one of info's declared
-// failures.
-func declared(info actor.RPCInfo, err error) error {
-	if err == nil || info == nil {
-		return err
-	}
-	for _, f := range info.Failures() {
-		if errors.As(err, reflect.New(f.Type).Interface()) {
-			return &DeclaredFailure{Failure: f.Code, Err: err}
-		}
-	}
-	return err
 }

@@ -45,8 +45,8 @@ func TestCallRaw(t *testing.T) {
 			if !errors.As(err, &me) || me.Code != tt.code || me.Failure != tt.failure {
 				t.Fatalf("CallRaw error = %#v; want code %s failure %q", err, tt.code, tt.failure)
 			}
-			if mesh.RemoteCode(err) != tt.code {
-				t.Fatalf("RemoteCode = %q, want %q", mesh.RemoteCode(err), tt.code)
+			if mesh.CodeOf(err) != tt.code {
+				t.Fatalf("CodeOf = %q, want %q", mesh.CodeOf(err), tt.code)
 			}
 			if tt.failure != "" {
 				var f InsufficientFunds

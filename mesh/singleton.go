@@ -52,28 +52,30 @@ func (r *Runner) RegisterSingleton(name string, run func(ctx context.Context) er
 	}
 	r.singletons[name] = &singleton{
 		name:  name,
-		shard: ShardID{Group: r.cfg.ShardGroups[0], N: protocol.ShardOf(name, r.cfg.ShardsPerGroup)},
+		shard: r.cfg.SingletonShard(name),
 		run:   run,
 	}
 	return nil
 }
 
 // SingletonShard returns the shard whose owner runs the singleton name.
-func (c *Config) SingletonShard(name string) ShardID {
+func (c *ClientConfig) SingletonShard(name string) ShardID {
 	return ShardID{Group: c.ShardGroups[0], N: protocol.ShardOf(name, c.ShardsPerGroup)}
 }
 
-func (s *singleton) start(r *Runner) {
+// start runs the singleton, with a context that ends when valid (its
+// shard's lease) no longer holds.
+func (s *singleton) start(valid func() bool, e *env) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cancel != nil {
 		return
 	}
-	ctx, cancel := newLeaseContext(func() bool { return r.leaseValid(s.shard) })
+	ctx, cancel := newLeaseContext(valid)
 	s.cancel, s.done = cancel, make(chan struct{})
 	done := s.done
-	log := r.log.With("singleton", s.name, "shard", s.shard.String()) // r.log names the runner
-	obs := r.cfg.Observer
+	log := e.log.With("singleton", s.name, "shard", s.shard.String()) // e.log names the runner
+	obs := e.obs
 	go func() {
 		defer close(done)
 		if obs != nil {

@@ -28,7 +28,7 @@ type stores struct {
 	assignments natsjs.KeyValue
 }
 
-func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error) {
+func openStores(ctx context.Context, nc *nats.Conn, cfg *Config, log *slog.Logger) (*stores, error) {
 	ctx, cancel := jetstream.SetupContext(ctx)
 	defer cancel()
 	js, err := natsjs.New(nc)
@@ -54,7 +54,7 @@ func openStores(ctx context.Context, nc *nats.Conn, cfg Config) (*stores, error)
 		History:     1,
 		Replicas:    cfg.StorageReplicas,
 		Storage:     cfg.storageType(),
-	}, cfg.Logger)
+	}, log)
 	if err != nil {
 		return nil, err
 	}

@@ -60,7 +60,7 @@ func BenchmarkReminderFiring(b *testing.B) {
 			})
 		}
 		meshtest.StartRunner(b, url, cfg, func(nc *nats.Conn, r *mesh.Runner) {
-			rem, err := reminder.New(ctx, nc, cfg)
+			rem, err := reminder.New(ctx, r.Client())
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -69,7 +69,7 @@ func BenchmarkReminderFiring(b *testing.B) {
 			}
 		})
 		nc := meshtest.Connect(b, url)
-		rem, err := reminder.New(ctx, nc, cfg)
+		rem, err := reminder.New(ctx, meshtest.Client(b, nc, cfg))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -225,7 +225,7 @@ func deliverAtLateness(b *testing.B, url string, n int) [3]time.Duration {
 		}
 	})
 	defer r.Stop()
-	c, err := mesh.NewClient(meshtest.Connect(b, url), cfg)
+	c, err := mesh.NewClient(meshtest.Connect(b, url), cfg.ClientConfig)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
 	"github.com/natsmesh/natsmesh/actor"
@@ -20,9 +19,10 @@ import (
 
 // Errors of the package.
 var (
-	// ErrInvalid wraps every rejected argument (name, time, period, cron
-	// expression, an RPC that is not a reminder RPC).
-	ErrInvalid = errors.New("reminder: invalid argument")
+	// ErrInvalidOption wraps every rejected argument (name, time, period,
+	// cron expression, an RPC that is not a reminder RPC); it is
+	// actor.ErrInvalidOption.
+	ErrInvalidOption = actor.ErrInvalidOption
 	// ErrNotFound is returned by Get for a reminder that is not registered.
 	ErrNotFound = errors.New("reminder: not found")
 )
@@ -121,7 +121,7 @@ type Option func(*Spec) error
 func Every(d time.Duration) Option {
 	return func(s *Spec) error {
 		if d < MinPeriod {
-			return fmt.Errorf("%w: period %v below %v", ErrInvalid, d, MinPeriod)
+			return fmt.Errorf("%w: period %v below %v", ErrInvalidOption, d, MinPeriod)
 		}
 		s.Period = d
 		return nil
@@ -138,10 +138,10 @@ func Cron(expr string, loc *time.Location) Option {
 		// The zone travels by name to whichever runner computes the next
 		// tick: it must be one time.LoadLocation knows.
 		if _, err := time.LoadLocation(loc.String()); err != nil {
-			return fmt.Errorf("%w: time zone %q is not loadable by name", ErrInvalid, loc.String())
+			return fmt.Errorf("%w: time zone %q is not loadable by name", ErrInvalidOption, loc.String())
 		}
 		if _, err := cronexpr.Parse(expr, loc); err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalid, err)
+			return fmt.Errorf("%w: %w", ErrInvalidOption, err)
 		}
 		s.Cron, s.TZ = expr, loc.String()
 		return nil
@@ -160,27 +160,24 @@ type Service struct {
 	log    *slog.Logger
 }
 
-// New opens the reminder bucket (<prefix>_reminders, created if absent)
-// on nc for the cluster cfg describes.
-func New(ctx context.Context, nc *nats.Conn, cfg mesh.Config) (*Service, error) {
-	client, err := mesh.NewClient(nc, cfg)
-	if err != nil {
-		return nil, err
-	}
-	store, err := records.Open(ctx, nc, records.Config{
-		Bucket:      cfg.Prefix + "_reminders",
+// New opens the reminder bucket (<prefix>_reminders, created if absent) of
+// client's cluster; the service sends reminder messages and logs through
+// client.
+func New(ctx context.Context, client *mesh.Client) (*Service, error) {
+	mc := client.Config()
+	store, err := records.Open(ctx, client.Conn(), records.Config{
+		Bucket:      mc.Prefix + "_reminders",
 		Description: "natsmesh reminders, by entity and name",
-		Replicas:    cfg.StorageReplicas,
+		Replicas:    mc.StorageReplicas,
 	})
 	if err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Service{client: client, store: store, log: log}, nil
+	return &Service{client: client, store: store, log: client.Logger()}, nil
 }
+
+// Logger returns the logger the service logs through (its client's).
+func (s *Service) Logger() *slog.Logger { return s.log }
 
 // NewRPC declares entity e's reminder RPC (persisted, named RPCName). Its
 // behaviour must handle it with Service.Handle.
@@ -191,14 +188,14 @@ func NewRPC(e *actor.Entity) actor.RPC[Message, actor.Empty] {
 func checkRPC(rpc actor.RPC[Message, actor.Empty]) error {
 	info := rpc.Info()
 	if info == nil || info.Name() != RPCName || !info.Persisted() {
-		return fmt.Errorf("%w: not a reminder RPC (declare it with reminder.NewRPC)", ErrInvalid)
+		return fmt.Errorf("%w: not a reminder RPC (declare it with reminder.NewRPC)", ErrInvalidOption)
 	}
 	return nil
 }
 
 func checkName(name string) error {
 	if name == "" || len(name) > 256 || !utf8.ValidString(name) {
-		return fmt.Errorf("%w: name %q (1-256 bytes of UTF-8)", ErrInvalid, name)
+		return fmt.Errorf("%w: name %q (1-256 bytes of UTF-8)", ErrInvalidOption, name)
 	}
 	return nil
 }
@@ -216,7 +213,7 @@ func checkName(name string) error {
 // sent after. It may be called from anywhere, the entity's own handlers
 // included.
 //
-// Errors: ErrInvalid, or the mesh's errors for a persisted Send.
+// Errors: ErrInvalidOption, or the mesh's errors for a persisted Send.
 func (s *Service) Register(ctx context.Context, rpc actor.RPC[Message, actor.Empty], id, name string, due time.Time, opts ...Option) error {
 	if err := checkRPC(rpc); err != nil {
 		return err
@@ -231,10 +228,10 @@ func (s *Service) Register(ctx context.Context, rpc actor.RPC[Message, actor.Emp
 		}
 	}
 	if spec.Period > 0 && spec.Cron != "" {
-		return fmt.Errorf("%w: both a period and a cron expression", ErrInvalid)
+		return fmt.Errorf("%w: both a period and a cron expression", ErrInvalidOption)
 	}
 	if due.IsZero() && spec.Cron == "" {
-		return fmt.Errorf("%w: no due time", ErrInvalid)
+		return fmt.Errorf("%w: no due time", ErrInvalidOption)
 	}
 	var at int64
 	if !due.IsZero() {
@@ -258,7 +255,7 @@ func (s *Service) Cancel(ctx context.Context, rpc actor.RPC[Message, actor.Empty
 }
 
 // Get returns the registered reminder name of entity id, read from the
-// bucket's leader. Errors: ErrNotFound, ErrInvalid.
+// bucket's leader. Errors: ErrNotFound, ErrInvalidOption.
 func (s *Service) Get(ctx context.Context, rpc actor.RPC[Message, actor.Empty], id, name string) (Info, error) {
 	if err := checkRPC(rpc); err != nil {
 		return Info{}, err
@@ -338,9 +335,9 @@ func (s *Service) handle(ctx context.Context, rpc actor.RPC[Message, actor.Empty
 		case opTick:
 			return s.tick(ctx, rpc, addr, key, m, run)
 		default:
-			return fmt.Errorf("%w: operation %q", ErrInvalid, m.Op)
+			return fmt.Errorf("%w: operation %q", ErrInvalidOption, m.Op)
 		}
-		if errors.Is(err, ErrInvalid) {
+		if errors.Is(err, ErrInvalidOption) {
 			return err // cannot succeed: answered, not retried
 		}
 		if !errors.Is(err, records.ErrConflict) || attempt == 3 {
@@ -384,7 +381,7 @@ func (s *Service) register(ctx context.Context, rpc actor.RPC[Message, actor.Emp
 		}
 		next := sched.Next(now)
 		if next.IsZero() {
-			return fmt.Errorf("%w: cron %q has no next time", ErrInvalid, m.Spec.Cron)
+			return fmt.Errorf("%w: cron %q has no next time", ErrInvalidOption, m.Spec.Cron)
 		}
 		first = next.UnixNano()
 	}
@@ -496,12 +493,12 @@ func parseCron(s Spec) (*cronexpr.Schedule, error) {
 	if s.TZ != "" {
 		var err error
 		if loc, err = time.LoadLocation(s.TZ); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+			return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
 		}
 	}
 	sched, err := cronexpr.Parse(s.Cron, loc)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
 	}
 	return sched, nil
 }

@@ -77,7 +77,7 @@ type env struct {
 func newService(t testing.TB, url string, cfg mesh.Config) *reminder.Service {
 	t.Helper()
 	nc := meshtest.Connect(t, url)
-	rem, err := reminder.New(context.Background(), nc, cfg)
+	rem, err := reminder.New(context.Background(), meshtest.Client(t, nc, cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func standalone(t *testing.T, opts ...actor.Option) *env {
 
 func (e *env) start(t *testing.T, opts ...actor.Option) *meshtest.Runner {
 	return meshtest.StartRunner(t, e.url, e.cfg, func(nc *nats.Conn, r *mesh.Runner) {
-		rem, err := reminder.New(context.Background(), nc, e.cfg)
+		rem, err := reminder.New(context.Background(), r.Client())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,7 +203,7 @@ func TestReplace(t *testing.T) {
 func TestPassivatedAndSelf(t *testing.T) {
 	e := standalone(t, actor.MaxIdleTime(100*time.Millisecond))
 	ctx := context.Background()
-	c, err := mesh.NewClient(meshtest.Connect(t, e.url), e.cfg)
+	c, err := mesh.NewClient(meshtest.Connect(t, e.url), e.cfg.ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestInvalid(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if !errors.Is(tt.err, reminder.ErrInvalid) {
+			if !errors.Is(tt.err, reminder.ErrInvalidOption) {
 				t.Fatalf("Register = %v, want ErrInvalid", tt.err)
 			}
 		})
@@ -323,7 +323,7 @@ func TestCrashDuringTick(t *testing.T) {
 	block.Store(true)
 	start := func() *meshtest.Runner {
 		return meshtest.StartRunner(t, s.ClientURL(), cfg, func(nc *nats.Conn, r *mesh.Runner) {
-			rem, err := reminder.New(context.Background(), nc, cfg)
+			rem, err := reminder.New(context.Background(), r.Client())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/internal/records"
 	"github.com/natsmesh/natsmesh/mesh"
@@ -18,8 +16,9 @@ import (
 
 // Errors of the package.
 var (
-	// ErrInvalid wraps every rejected argument or definition.
-	ErrInvalid = errors.New("saga: invalid argument")
+	// ErrInvalidOption wraps every rejected argument, Config field or
+	// definition (it is actor.ErrInvalidOption).
+	ErrInvalidOption = actor.ErrInvalidOption
 	// ErrNotFound is returned for a saga id that was never started.
 	ErrNotFound = errors.New("saga: not found")
 	// ErrUnknownDefinition is the outcome of a saga whose definition this
@@ -111,14 +110,29 @@ func (x Exec[In]) KeyFor(part string) string { return x.key + "/" + part }
 // Do's stored reply with mesh.Reply(ctx, client, rpc, x.DoKey()).
 func (x Exec[In]) DoKey() string { return x.doKey }
 
-// Options of a Sagas.
-type Options struct {
+// Config configures a Sagas. Start from DefaultConfig.
+type Config struct {
 	// MaxAttempts bounds the tries of a step or compensation that fails
-	// without Abort before the saga is Stuck (default 20).
+	// without Abort before the saga is Stuck.
 	MaxAttempts int
-	// Backoff and BackoffMax space those tries (doubling; defaults 100 ms
-	// and 10 s).
+	// Backoff and BackoffMax space those tries (doubling).
 	Backoff, BackoffMax time.Duration
+}
+
+// DefaultConfig returns 20 attempts, 100 ms apart at first, at most 10 s.
+func DefaultConfig() Config {
+	return Config{MaxAttempts: 20, Backoff: 100 * time.Millisecond, BackoffMax: 10 * time.Second}
+}
+
+// Validate reports the first bad field, wrapping ErrInvalidOption.
+func (c *Config) Validate() error {
+	switch {
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("%w: MaxAttempts %d: want at least 1", ErrInvalidOption, c.MaxAttempts)
+	case c.Backoff <= 0 || c.BackoffMax < c.Backoff:
+		return fmt.Errorf("%w: Backoff %v, BackoffMax %v: want 0 < Backoff <= BackoffMax", ErrInvalidOption, c.Backoff, c.BackoffMax)
+	}
+	return nil
 }
 
 // Sagas runs saga definitions on a cluster: install it on every runner.
@@ -126,7 +140,7 @@ type Sagas struct {
 	client *mesh.Client
 	store  *records.Store
 	log    *slog.Logger
-	opts   Options
+	opts   Config
 
 	mu   sync.Mutex
 	defs map[string]definition
@@ -177,38 +191,23 @@ func (r *record) outcome() Outcome {
 	return Outcome{Status: r.Status, FailedStep: r.FailedStep, Error: r.Error}
 }
 
-// New opens the saga bucket (<prefix>_sagas) on nc for the cluster cfg
-// describes.
-func New(ctx context.Context, nc *nats.Conn, cfg mesh.Config, opts Options) (*Sagas, error) {
-	if opts.MaxAttempts < 0 || opts.Backoff < 0 || opts.BackoffMax < 0 {
-		return nil, fmt.Errorf("%w: negative option", ErrInvalid)
-	}
-	if opts.MaxAttempts == 0 {
-		opts.MaxAttempts = 20
-	}
-	if opts.Backoff == 0 {
-		opts.Backoff = 100 * time.Millisecond
-	}
-	if opts.BackoffMax == 0 {
-		opts.BackoffMax = 10 * time.Second
-	}
-	client, err := mesh.NewClient(nc, cfg)
-	if err != nil {
+// New opens the saga bucket (<prefix>_sagas) of client's cluster, created
+// if absent; the sagas call entities and log through client. It returns an
+// error wrapping ErrInvalidOption for a bad Config.
+func New(ctx context.Context, client *mesh.Client, cfg Config) (*Sagas, error) {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	store, err := records.Open(ctx, nc, records.Config{
-		Bucket:      cfg.Prefix + "_sagas",
+	mc := client.Config()
+	store, err := records.Open(ctx, client.Conn(), records.Config{
+		Bucket:      mc.Prefix + "_sagas",
 		Description: "natsmesh saga progress, by definition and id",
-		Replicas:    cfg.StorageReplicas,
+		Replicas:    mc.StorageReplicas,
 	})
 	if err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Sagas{client: client, store: store, log: log, opts: opts, defs: map[string]definition{}}, nil
+	return &Sagas{client: client, store: store, log: client.Logger(), opts: cfg, defs: map[string]definition{}}, nil
 }
 
 // Install registers the Saga entity on r. Call it before r.Start, on every
@@ -227,16 +226,16 @@ type Definition[In any] struct {
 	steps []Step[In]
 }
 
-// Define adds a saga definition. Errors: ErrInvalid (no name, no steps, a
+// Define adds a saga definition. Errors: ErrInvalidOption (no name, no steps, a
 // step without name or Do, duplicate names).
 func Define[In any](ss *Sagas, name string, steps ...Step[In]) (*Definition[In], error) {
 	if name == "" || len(steps) == 0 {
-		return nil, fmt.Errorf("%w: a saga needs a name and steps", ErrInvalid)
+		return nil, fmt.Errorf("%w: a saga needs a name and steps", ErrInvalidOption)
 	}
 	seen := map[string]bool{}
 	for _, s := range steps {
 		if s.Name == "" || s.Do == nil || seen[s.Name] {
-			return nil, fmt.Errorf("%w: step %q: each step needs a unique name and Do", ErrInvalid, s.Name)
+			return nil, fmt.Errorf("%w: step %q: each step needs a unique name and Do", ErrInvalidOption, s.Name)
 		}
 		seen[s.Name] = true
 	}
@@ -244,7 +243,7 @@ func Define[In any](ss *Sagas, name string, steps ...Step[In]) (*Definition[In],
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if _, dup := ss.defs[name]; dup {
-		return nil, fmt.Errorf("%w: saga %q defined twice", ErrInvalid, name)
+		return nil, fmt.Errorf("%w: saga %q defined twice", ErrInvalidOption, name)
 	}
 	ss.defs[name] = d
 	return d, nil
@@ -257,7 +256,7 @@ func (d *Definition[In]) stepName(i int) string { return d.steps[i].Name }
 func (d *Definition[In]) exec(rec *record, i, attempt int, action string) (Exec[In], error) {
 	var in In
 	if err := json.Unmarshal(rec.Input, &in); err != nil {
-		return Exec[In]{}, fmt.Errorf("%w: decode input: %w", ErrInvalid, err)
+		return Exec[In]{}, fmt.Errorf("%w: decode input: %w", ErrInvalidOption, err)
 	}
 	s := d.steps[i]
 	base := "saga/" + d.name + "/" + rec.ID + "/" + s.Name + "/"
@@ -287,15 +286,15 @@ func entityID(def, id string) string { return def + "/" + id }
 
 // Start starts saga id with input in and returns once it is stored: it then
 // runs to its end (completed or compensated) on whichever runner owns it,
-// across crashes. Starting an id again does nothing. Errors: ErrInvalid, or
+// across crashes. Starting an id again does nothing. Errors: ErrInvalidOption, or
 // the mesh's errors of a persisted Send.
 func (d *Definition[In]) Start(ctx context.Context, id string, in In) error {
 	if id == "" {
-		return fmt.Errorf("%w: empty saga id", ErrInvalid)
+		return fmt.Errorf("%w: empty saga id", ErrInvalidOption)
 	}
 	raw, err := json.Marshal(in)
 	if err != nil {
-		return fmt.Errorf("%w: encode input: %w", ErrInvalid, err)
+		return fmt.Errorf("%w: encode input: %w", ErrInvalidOption, err)
 	}
 	return mesh.Send(ctx, d.ss.client, runRPC, entityID(d.name, id),
 		command{Op: "start", Def: d.name, ID: id, Input: raw}, mesh.MessageID(d.startID(id)))
@@ -339,7 +338,7 @@ func (d *Definition[In]) Status(ctx context.Context, id string) (Outcome, error)
 // until then, and after unless forgotten). Starting the same id again later
 // starts a new saga: forget only ids that will not be reused, and not
 // within Config.PersistReplyRetention of the start if its steps' keys must
-// still deduplicate. Errors: ErrNotFound; ErrInvalid for a saga that has not
+// still deduplicate. Errors: ErrNotFound; ErrInvalidOption for a saga that has not
 // ended.
 func (d *Definition[In]) Forget(ctx context.Context, id string) error {
 	key := records.Key(d.name, id)
@@ -352,7 +351,7 @@ func (d *Definition[In]) Forget(ctx context.Context, id string) error {
 		return err
 	}
 	if !rec.outcome().Final() {
-		return fmt.Errorf("%w: saga %s is %s, not ended", ErrInvalid, id, rec.Status)
+		return fmt.Errorf("%w: saga %s is %s, not ended", ErrInvalidOption, id, rec.Status)
 	}
 	return d.ss.store.Delete(ctx, key, rev)
 }

@@ -118,9 +118,9 @@ func define(t testing.TB, ss *saga.Sagas, client *mesh.Client, runner string, h 
 }
 
 // start starts a runner hosting purses and sagas.
-func start(t *testing.T, url string, cfg mesh.Config, b *bank, h *hooks, opts saga.Options) *meshtest.Runner {
+func start(t *testing.T, url string, cfg mesh.Config, b *bank, h *hooks, opts saga.Config) *meshtest.Runner {
 	return meshtest.StartRunner(t, url, cfg, func(nc *nats.Conn, r *mesh.Runner) {
-		ss, err := saga.New(context.Background(), nc, cfg, opts)
+		ss, err := saga.New(context.Background(), r.Client(), opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,11 +137,11 @@ func start(t *testing.T, url string, cfg mesh.Config, b *bank, h *hooks, opts sa
 // caller returns the transfer definition as seen by a client process.
 func caller(t *testing.T, url string, cfg mesh.Config) *saga.Definition[Transfer] {
 	nc := meshtest.Connect(t, url)
-	ss, err := saga.New(context.Background(), nc, cfg, saga.Options{})
+	c, err := mesh.NewClient(nc, cfg.ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := mesh.NewClient(nc, cfg)
+	ss, err := saga.New(context.Background(), c, saga.DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestCompleteAndCompensate(t *testing.T) {
 	b := newBank()
 	b.balance["alice"] = 100
 	b.closed["carol"] = true
-	start(t, s.ClientURL(), cfg, b, nil, saga.Options{})
+	start(t, s.ClientURL(), cfg, b, nil, saga.DefaultConfig())
 	def := caller(t, s.ClientURL(), cfg)
 	ctx := context.Background()
 
@@ -206,7 +206,9 @@ func TestStuckAndResume(t *testing.T) {
 		}
 		return nil
 	}}
-	start(t, s.ClientURL(), cfg, b, h, saga.Options{MaxAttempts: 3, Backoff: time.Millisecond})
+	scfg := saga.DefaultConfig()
+	scfg.MaxAttempts, scfg.Backoff = 3, time.Millisecond
+	start(t, s.ClientURL(), cfg, b, h, scfg)
 	def := caller(t, s.ClientURL(), cfg)
 	ctx := context.Background()
 	o, err := def.Run(ctx, "t", Transfer{From: "alice", To: "bob", Amount: 10})
@@ -244,7 +246,8 @@ func TestResumeAfterCrashR3(t *testing.T) {
 		}
 		return nil
 	}}
-	opts := saga.Options{Backoff: 10 * time.Millisecond, BackoffMax: 500 * time.Millisecond}
+	opts := saga.DefaultConfig()
+	opts.Backoff, opts.BackoffMax = 10*time.Millisecond, 500*time.Millisecond
 	runners := map[string]*meshtest.Runner{}
 	var all []*meshtest.Runner
 	for range 2 {
@@ -281,7 +284,11 @@ func TestResumeAfterCrashR3(t *testing.T) {
 func TestDefineInvalid(t *testing.T) {
 	s := natstest.StartServer(t)
 	nc := meshtest.Connect(t, s.ClientURL())
-	ss, err := saga.New(context.Background(), nc, meshtest.Standalone(), saga.Options{})
+	c, err := mesh.NewClient(nc, meshtest.Standalone().ClientConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := saga.New(context.Background(), c, saga.DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,12 +305,14 @@ func TestDefineInvalid(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := saga.Define(ss, tt.def, tt.steps...); !errors.Is(err, saga.ErrInvalid) {
+			if _, err := saga.Define(ss, tt.def, tt.steps...); !errors.Is(err, saga.ErrInvalidOption) {
 				t.Fatalf("Define = %v, want ErrInvalid", err)
 			}
 		})
 	}
-	if _, err := saga.New(context.Background(), nc, meshtest.Standalone(), saga.Options{MaxAttempts: -1}); !errors.Is(err, saga.ErrInvalid) {
+	bad := saga.DefaultConfig()
+	bad.MaxAttempts = -1
+	if _, err := saga.New(context.Background(), c, bad); !errors.Is(err, saga.ErrInvalidOption) {
 		t.Fatalf("New with negative MaxAttempts = %v, want ErrInvalid", err)
 	}
 }

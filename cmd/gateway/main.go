@@ -78,10 +78,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		gcfg.MaxBodyBytes = int64(maxBody)
 		if err := gcfg.Validate(); err != nil {
 			// Name the setting rather than gateway.Config's field.
-			for field, key := range map[string]string{"Persisted": "persisted", "DefaultTimeout": "timeout", "MaxTimeout": "max-timeout", "MaxBodyBytes": "max-body"} {
-				if strings.Contains(err.Error(), ": "+field+" ") {
-					return cli.Bad(key, "%s", strings.TrimPrefix(err.Error(), gateway.ErrInvalidOption.Error()+": "+field+" "))
-				}
+			keys := map[string]string{"Persisted": "persisted", "DefaultTimeout": "timeout", "MaxTimeout": "max-timeout", "MaxBodyBytes": "max-body"}
+			var fe *mesh.FieldError
+			if errors.As(err, &fe) && keys[fe.Field] != "" {
+				return cli.Bad(keys[fe.Field], "%s, got %v", fe.Reason, fe.Value)
 			}
 			return err
 		}
@@ -104,7 +104,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	log := logging.Logger(stderr)
-	cfg.Logger, gcfg.Logger = log, log
 
 	// Listen before connecting, so that a port in use fails at start.
 	srv, err := ops.Listen(web.HTTP, log)
@@ -122,18 +121,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_ = tel.Shutdown(fctx)
 	}()
 	tel.Serve(srv, log)
-	cfg.Observer = tel.Observer()
 	conn.Name = "natsmesh-gateway"
 	nc, err := conn.Connect(ctx, log)
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
 	defer nc.Close()
-	client, err := mesh.NewClient(nc, cfg)
+	client, err := mesh.NewClient(nc, cfg.ClientConfig, mesh.WithLogger(log), mesh.WithObserver(tel.Observer()))
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(client, gcfg)
+	gw, err := gateway.New(client, gcfg, gateway.WithLogger(log))
 	if err != nil {
 		return err
 	}

@@ -105,7 +105,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "deadletters":
 		switch {
 		case len(rest) == 1:
-			dls, err := mesh.DeadLetters(ctx, nc, cfg, 0, 1000)
+			dls, err := mesh.DeadLetters(ctx, nc, cfg.ClientConfig, 0, 1000)
 			if err != nil {
 				return err
 			}
@@ -125,7 +125,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return fmt.Errorf("redrive %q: want a sequence number", rest[2])
 			}
-			if err := mesh.Redrive(ctx, nc, cfg, seq); err != nil {
+			if err := mesh.Redrive(ctx, nc, cfg.ClientConfig, seq); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "re-driven dead letter %d\n", seq)

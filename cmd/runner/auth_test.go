@@ -22,7 +22,7 @@ func TestSecureServer(t *testing.T) {
 	}()
 	cfg := mesh.DefaultConfig()
 	cfg.ShardsPerGroup = 8
-	c, err := mesh.NewClient(sec.Connect(t), cfg)
+	c, err := mesh.NewClient(sec.Connect(t), cfg.ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

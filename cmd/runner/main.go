@@ -83,7 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer flush(tel, log)
 	tel.Serve(srv, log)
 	// mesh adds the runner attribute to its own lines.
-	cfg.Logger, cfg.Observer = logging.Logger(stderr), tel.Observer()
+	meshOpts := []mesh.Option{mesh.WithLogger(logging.Logger(stderr)), mesh.WithObserver(tel.Observer())}
 
 	var (
 		nc  *nats.Conn
@@ -116,7 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if dev && !cfg.Standalone {
 		// The shard manager runs in this process, on the same code as
 		// cmd/shardmgr.
-		m, err := mesh.NewShardManager(nc, cfg)
+		m, err := mesh.NewShardManager(nc, cfg, meshOpts[0])
 		if err != nil {
 			return err
 		}
@@ -125,7 +125,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		go func() { managerDone <- m.Run(mctx) }()
 		defer func() { stopManager(); <-managerDone }()
 	}
-	r, err := mesh.NewRunner(nc, cfg)
+	r, err := mesh.NewRunner(nc, cfg, meshOpts...)
 	if err != nil {
 		return err
 	}

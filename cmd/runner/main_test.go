@@ -81,7 +81,7 @@ func TestDevMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	c, err := mesh.NewClient(nc, mesh.DefaultConfig())
+	c, err := mesh.NewClient(nc, mesh.DefaultConfig().ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestReadyzFlips(t *testing.T) {
 	}, "/readyz 200 once r1 holds every shard")
 
 	// A call is counted on /metrics, and the shards owned are 4.
-	c, err := mesh.NewClient(nc, cfg)
+	c, err := mesh.NewClient(nc, cfg.ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

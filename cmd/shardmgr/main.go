@@ -49,7 +49,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	log := logging.Logger(stderr)
-	cfg.Logger = log
 	srv, err := ops.Listen(web.HTTP, log)
 	if err != nil {
 		return err
@@ -65,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
 	defer nc.Close()
-	m, err := mesh.NewShardManager(nc, cfg)
+	m, err := mesh.NewShardManager(nc, cfg, mesh.WithLogger(log))
 	if err != nil {
 		return err
 	}

@@ -61,7 +61,9 @@ type account struct {
 // accountBehavior keeps each account's balance in KV, written before each
 // reply (durablestate's write-through).
 func accountBehavior(ctx context.Context, nc *nats.Conn, cfg mesh.Config) (*actor.Behavior, error) {
-	store, err := durablestate.Open(nc, durablestate.Config{Prefix: cfg.Prefix, Replicas: cfg.StorageReplicas})
+	scfg := durablestate.DefaultConfig()
+	scfg.Prefix, scfg.Replicas = cfg.Prefix, cfg.StorageReplicas
+	store, err := durablestate.Open(nc, scfg)
 	if err != nil {
 		return nil, err
 	}
@@ -173,11 +175,11 @@ func Open(ctx context.Context, nc *nats.Conn, cfg mesh.Config) (*Bank, error) {
 }
 
 func open(ctx context.Context, nc *nats.Conn, cfg mesh.Config) (*Bank, *saga.Sagas, error) {
-	client, err := mesh.NewClient(nc, cfg)
+	client, err := mesh.NewClient(nc, cfg.ClientConfig)
 	if err != nil {
 		return nil, nil, err
 	}
-	ss, err := saga.New(ctx, nc, cfg, saga.Options{})
+	ss, err := saga.New(ctx, client, saga.DefaultConfig())
 	if err != nil {
 		return nil, nil, err
 	}

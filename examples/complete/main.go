@@ -77,7 +77,7 @@ func main() {
 		log.Fatal(err)
 	}
 
-	client, err := mesh.NewClient(nc, mesh.DefaultConfig())
+	client, err := mesh.NewClient(nc, mesh.DefaultConfig().ClientConfig)
 	if err != nil {
 		log.Fatal(err)
 	}

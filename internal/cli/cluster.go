@@ -133,20 +133,16 @@ func (m *Mesh) Config() (mesh.Config, error) {
 	return cfg, nil
 }
 
-// fieldError turns mesh.Config.Validate's error, which names a Config field,
-// into one naming the setting. It reads the field name from the message
-// ("mesh: invalid option: Field = value: reason"), because mesh has no typed
-// configuration error yet; a test pins the format.
+// fieldError turns mesh.Config.Validate's error, which names a Config
+// field, into one naming the setting.
 func (m *Mesh) fieldError(err error) error {
-	msg := err.Error()
-	if rest, ok := strings.CutPrefix(msg, mesh.ErrInvalidOption.Error()+": "); ok {
-		field, after, ok := strings.Cut(rest, " = ")
-		field, _, _ = strings.Cut(field, "[") // EntityGroups[Type]
-		if key, known := m.keys[field]; ok && known {
-			value, reason, _ := strings.Cut(after, ": ")
-			reason = m.renameFields(reason)
-			fe := &FieldError{Key: key, Reason: fmt.Sprintf("%s, got %s", reason, value), Err: err}
-			return m.s.annotate(fe)
+	var fe *mesh.FieldError
+	if errors.As(err, &fe) {
+		field, _, _ := strings.Cut(fe.Field, "[") // EntityGroups[Type]
+		if key, known := m.keys[field]; known {
+			reason := m.renameFields(fe.Reason)
+			e := &FieldError{Key: key, Reason: fmt.Sprintf("%s, got %v", reason, fe.Value), Err: err}
+			return m.s.annotate(e)
 		}
 	}
 	return fmt.Errorf("config: %w", err)

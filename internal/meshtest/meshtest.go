@@ -41,6 +41,16 @@ func Cluster(replicas int) mesh.Config {
 	return cfg
 }
 
+// Client returns a client on nc for the cluster cfg describes.
+func Client(t testing.TB, nc *nats.Conn, cfg mesh.Config) *mesh.Client {
+	t.Helper()
+	c, err := mesh.NewClient(nc, cfg.ClientConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // Runner is a started runner a test may crash or stop.
 type Runner struct {
 	*mesh.Runner
@@ -49,16 +59,17 @@ type Runner struct {
 	once sync.Once
 }
 
-// StartRunner connects to url, builds a runner with cfg, lets setup register
-// behaviours and singletons (setup may be nil), and starts it. The runner is
-// stopped gracefully at cleanup unless the test crashed or stopped it.
-func StartRunner(t testing.TB, url string, cfg mesh.Config, setup func(nc *nats.Conn, r *mesh.Runner)) *Runner {
+// StartRunner connects to url, builds a runner with cfg and opts, lets
+// setup register behaviours and singletons (setup may be nil), and starts
+// it. The runner is stopped gracefully at cleanup unless the test crashed
+// or stopped it.
+func StartRunner(t testing.TB, url string, cfg mesh.Config, setup func(nc *nats.Conn, r *mesh.Runner), opts ...mesh.Option) *Runner {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := mesh.NewRunner(nc, cfg)
+	r, err := mesh.NewRunner(nc, cfg, opts...)
 	if err != nil {
 		nc.Close()
 		t.Fatal(err)

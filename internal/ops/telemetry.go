@@ -57,12 +57,14 @@ func NewTelemetry(ctx context.Context, binary, id string, tr cli.Tracing) (*Tele
 		if binary == "runner" {
 			opts = append(opts, otel.Runner(id))
 		}
-		t.tracing = otel.New(t.Tracer, opts...)
+		if t.tracing, err = otel.New(t.Tracer, opts...); err != nil {
+			return nil, err
+		}
 	}
 	return t, nil
 }
 
-// Observer returns the mesh observer to set in mesh.Config.Observer.
+// Observer returns the mesh observer to give with mesh.WithObserver.
 func (t *Telemetry) Observer() mesh.Observer {
 	if t.tracing == nil {
 		return t.Metrics

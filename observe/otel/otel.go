@@ -2,6 +2,7 @@ package otel
 
 import (
 	"context"
+	"fmt"
 	"net/textproto"
 
 	"github.com/nats-io/nats.go"
@@ -28,29 +29,41 @@ type Observer struct {
 	runner string
 }
 
-// Option configures New.
-type Option func(*Observer)
+// Option configures New; a bad one fails it with an error wrapping
+// mesh.ErrInvalidOption.
+type Option func(*Observer) error
 
 // Propagator replaces the default propagator (W3C trace context and
 // baggage).
 func Propagator(p propagation.TextMapPropagator) Option {
-	return func(o *Observer) { o.prop = p }
+	return func(o *Observer) error {
+		if p == nil {
+			return fmt.Errorf("%w: Propagator(nil)", mesh.ErrInvalidOption)
+		}
+		o.prop = p
+		return nil
+	}
 }
 
 // Runner names the runner in the spans it records (attribute
 // natsmesh.runner).
-func Runner(id string) Option { return func(o *Observer) { o.runner = id } }
+func Runner(id string) Option { return func(o *Observer) error { o.runner = id; return nil } }
 
 // New returns an observer recording spans with tp.
-func New(tp trace.TracerProvider, opts ...Option) *Observer {
+func New(tp trace.TracerProvider, opts ...Option) (*Observer, error) {
+	if tp == nil {
+		return nil, fmt.Errorf("%w: no TracerProvider", mesh.ErrInvalidOption)
+	}
 	o := &Observer{
 		tracer: tp.Tracer(ScopeName),
 		prop:   propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
 	}
 	for _, opt := range opts {
-		opt(o)
+		if err := opt(o); err != nil {
+			return nil, err
+		}
 	}
-	return o
+	return o, nil
 }
 
 // Attribute keys beside OpenTelemetry's rpc.* conventions.
@@ -122,7 +135,7 @@ func end(span trace.Span, err error) {
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
-		if code := mesh.RemoteCode(err); code != "" {
+		if code := mesh.CodeOf(err); code != "" {
 			span.SetAttributes(AttrCode.String(code))
 		}
 	}

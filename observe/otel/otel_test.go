@@ -47,7 +47,10 @@ func startRunner(t *testing.T, url string) *tracetest.InMemoryExporter {
 	tp, exp := tracer(t)
 	cfg := meshtest.Standalone()
 	cfg.RunnerID = "r1"
-	cfg.Observer = meshotel.New(tp, meshotel.Runner("r1"))
+	obs, err := meshotel.New(tp, meshotel.Runner("r1"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	meshtest.StartRunner(t, url, cfg, func(_ *nats.Conn, r *mesh.Runner) {
 		if err := r.Register(counter.Behavior(nil)); err != nil {
 			t.Fatal(err)
@@ -57,7 +60,7 @@ func startRunner(t *testing.T, url string) *tracetest.InMemoryExporter {
 		})); err != nil {
 			t.Fatal(err)
 		}
-	})
+	}, mesh.WithObserver(obs))
 	return exp
 }
 
@@ -68,8 +71,11 @@ func clientAndRunner(t *testing.T) (runnerSpans *tracetest.InMemoryExporter, tp 
 	runnerSpans = startRunner(t, s.ClientURL())
 	tp, clientSpans = tracer(t)
 	cfg := meshtest.Standalone()
-	cfg.Observer = meshotel.New(tp)
-	c, err := mesh.NewClient(natstest.Connect(t, s), cfg)
+	obs, err := meshotel.New(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = mesh.NewClient(natstest.Connect(t, s), cfg.ClientConfig, mesh.WithObserver(obs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package prom
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,21 +59,32 @@ type Observer struct {
 	singletonRuns  *prometheus.CounterVec
 }
 
-// Option configures New.
-type Option func(*Observer)
+// Option configures New; a bad one fails it with an error wrapping
+// mesh.ErrInvalidOption.
+type Option func(*Observer) error
 
 // MaxSeries bounds the distinct (entity type, rpc) label pairs; calls past
 // it are counted under entity_type and rpc "_other". Entity types and RPC
 // names come from callers (the HTTP gateway takes them from the URL), so an
 // unbounded set would let any caller grow the metrics without limit.
-func MaxSeries(n int) Option { return func(o *Observer) { o.limit.max = int64(n) } }
+func MaxSeries(n int) Option {
+	return func(o *Observer) error {
+		if n < 1 {
+			return fmt.Errorf("%w: MaxSeries(%d): want at least 1", mesh.ErrInvalidOption, n)
+		}
+		o.limit.max = int64(n)
+		return nil
+	}
+}
 
 // New registers the metrics with reg and returns the observer. It fails if
 // reg already holds metrics of the same names.
 func New(reg prometheus.Registerer, opts ...Option) (*Observer, error) {
 	o := &Observer{limit: &limiter{max: DefaultMaxSeries}}
 	for _, opt := range opts {
-		opt(o)
+		if err := opt(o); err != nil {
+			return nil, err
+		}
 	}
 	gauge := func(name, help string, labels ...string) *prometheus.GaugeVec {
 		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels)
@@ -228,12 +240,15 @@ func (o *Observer) SingletonStopped(name string) {
 
 // Code returns the code label of an outcome: CodeOK for nil, else its wire
 // code (mesh.CodeOf: a declared failure is "Failure", an actor error its
-// code, any other error "Error").
+// code), and "Error" for an error that stands for no code.
 func Code(err error) string {
 	if err == nil {
 		return CodeOK
 	}
-	return mesh.CodeOf(err)
+	if code := mesh.CodeOf(err); code != "" {
+		return code
+	}
+	return protocol.CodeError
 }
 
 // limiter bounds the distinct (entity type, rpc) pairs, and entity types,

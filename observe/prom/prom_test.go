@@ -94,7 +94,6 @@ func TestMetricsAfterCalls(t *testing.T) {
 	}
 	runnerReg.MustRegister(prom.NewStreams(js, "mesh"))
 	cfg := meshtest.Standalone()
-	cfg.Observer = obs
 	cfg.PersistMaxAttempts = 2
 	singletonUp := make(chan struct{})
 	r := meshtest.StartRunner(t, s.ClientURL(), cfg, func(_ *nats.Conn, r *mesh.Runner) {
@@ -110,7 +109,7 @@ func TestMetricsAfterCalls(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-	})
+	}, mesh.WithObserver(obs))
 	runnerURL := serve(t, runnerReg)
 
 	clientReg := prometheus.NewRegistry()
@@ -119,8 +118,7 @@ func TestMetricsAfterCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	ccfg := meshtest.Standalone()
-	ccfg.Observer = cobs
-	c, err := mesh.NewClient(nc, ccfg)
+	c, err := mesh.NewClient(nc, ccfg.ClientConfig, mesh.WithObserver(cobs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -168,7 +168,7 @@ func (c *cluster) served(what string) {
 
 func (c *cluster) client() (*mesh.Client, *nats.Conn) {
 	nc := natstest.Connect(c.t, c.srv)
-	cl, err := mesh.NewClient(nc, c.cfg)
+	cl, err := mesh.NewClient(nc, c.cfg.ClientConfig)
 	if err != nil {
 		c.t.Fatal(err)
 	}

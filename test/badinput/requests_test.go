@@ -102,7 +102,7 @@ func TestUnknownTypesAndRPCs(t *testing.T) {
 	if _, err := mesh.Call(ctx, cl, nopePost, "a", 1); !errors.Is(err, actor.ErrUnknownRPC) {
 		t.Errorf("persisted call to an unknown rpc = %v, want ErrUnknownRPC", err)
 	}
-	dls, err := mesh.DeadLetters(ctx, nc, c.cfg, 0, 10)
+	dls, err := mesh.DeadLetters(ctx, nc, c.cfg.ClientConfig, 0, 10)
 	if err != nil || len(dls) != 2 {
 		t.Fatalf("DeadLetters = %d, %v; want the two persisted calls", len(dls), err)
 	}
@@ -224,7 +224,7 @@ func TestLongMessageIDAndReplySubject(t *testing.T) {
 				}
 			} else {
 				natstest.WaitFor(t, 10*time.Second, func() bool {
-					dls, err := mesh.DeadLetters(ctx, nc, c.cfg, 0, 10)
+					dls, err := mesh.DeadLetters(ctx, nc, c.cfg.ClientConfig, 0, 10)
 					return err == nil && len(dls) == 1
 				}, "the message dead-lettered")
 			}

@@ -131,11 +131,11 @@ func main() {
 		time.Sleep(50 * time.Millisecond) // poll interval while the runners take their shards
 	}
 	fmt.Printf("%d runner(s), %d shards\n\n", len(rs), cfg.ShardsPerGroup)
-	client, err := mesh.NewClient(clientNC, cfg)
+	client, err := mesh.NewClient(clientNC, cfg.ClientConfig)
 	check(err)
 	jcfg := cfg
 	jcfg.Codec = protocol.CodecJSON
-	jclient, err := mesh.NewClient(clientNC, jcfg)
+	jclient, err := mesh.NewClient(clientNC, jcfg.ClientConfig)
 	check(err)
 	ctx := context.Background()
 	meshCall := func(id string) func() error {

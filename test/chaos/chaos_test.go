@@ -195,7 +195,7 @@ func drain(t *testing.T, c *cluster) uint64 {
 func deadLetters(t *testing.T, c *cluster) []mesh.DeadLetter {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	dls, err := mesh.DeadLetters(ctx, c.nc, c.cfg, 0, 10000)
+	dls, err := mesh.DeadLetters(ctx, c.nc, c.cfg.ClientConfig, 0, 10000)
 	if err != nil {
 		t.Logf("dead letters: %v", err)
 	}

@@ -154,7 +154,7 @@ func startCluster(t *testing.T, dir, bin string, opt options) *cluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.nc.Close)
-	if c.client, err = mesh.NewClient(c.nc, c.cfg); err != nil {
+	if c.client, err = mesh.NewClient(c.nc, c.cfg.ClientConfig); err != nil {
 		t.Fatal(err)
 	}
 	js, err := natsjs.New(c.nc)

@@ -88,7 +88,7 @@ func TestComposeFaults(t *testing.T) {
 	fr.nc = nc
 	fr.cfg = mesh.DefaultConfig()
 	fr.cfg.StorageReplicas = 3 // the cluster's: a client never downgrades its assets
-	client, err := mesh.NewClient(nc, fr.cfg)
+	client, err := mesh.NewClient(nc, fr.cfg.ClientConfig)
 	if err != nil {
 		t.Fatal(err)
 	}

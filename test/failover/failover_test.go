@@ -325,7 +325,7 @@ func startProcesses(t *testing.T, cfg mesh.Config, fast bool, urls []string, ext
 	}
 	t.Cleanup(nc.Close)
 	c.nc = nc
-	if c.client, err = mesh.NewClient(c.nc, cfg); err != nil {
+	if c.client, err = mesh.NewClient(c.nc, cfg.ClientConfig); err != nil {
 		t.Fatal(err)
 	}
 	return c

@@ -117,7 +117,7 @@ func setup(t *testing.T) *fixture {
 
 	nc := connect(t, f.srv.ClientURL(), "client")
 	var err error
-	if f.client, err = mesh.NewClient(nc, f.cfg); err != nil {
+	if f.client, err = mesh.NewClient(nc, f.cfg.ClientConfig); err != nil {
 		t.Fatal(err)
 	}
 	f.shardOf = func(id string) mesh.ShardID { return f.client.Shard(counter.Counter.Name(), id) }
@@ -302,7 +302,7 @@ func startRunner(t testing.TB, url string, cfg mesh.Config, id string, rec *reco
 	t.Helper()
 	nc := connect(t, url, id, opts...)
 	cfg.RunnerID = id
-	r, err := mesh.NewRunner(nc, cfg, actor.WithObserver(observer{rec, id}))
+	r, err := mesh.NewRunner(nc, cfg, mesh.WithRuntimeOptions(actor.WithObserver(observer{rec, id})))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -169,7 +169,7 @@ func TestCClient(t *testing.T) {
 		t.Fatalf("connect: %v", err)
 	}
 	t.Cleanup(nc.Close)
-	c, err := mesh.NewClient(nc, mesh.DefaultConfig())
+	c, err := mesh.NewClient(nc, mesh.DefaultConfig().ClientConfig)
 	if err != nil {
 		t.Fatalf("NewClient: %v", err)
 	}

@@ -242,7 +242,7 @@ func (c *cluster) served(what string) {
 
 func (c *cluster) client(user string) (*mesh.Client, *conn) {
 	cn := connect(c.t, c.srv, user)
-	cl, err := mesh.NewClient(cn.Conn, c.cfg)
+	cl, err := mesh.NewClient(cn.Conn, c.cfg.ClientConfig)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -321,11 +321,11 @@ func TestRolesWork(t *testing.T) {
 		if err != nil || st.Manager == "" || len(st.Runners) != 1 {
 			t.Fatalf("Inspect = %+v, %v", st, err)
 		}
-		dls, err := mesh.DeadLetters(ctx, ctl.Conn, c.cfg, 0, 10)
+		dls, err := mesh.DeadLetters(ctx, ctl.Conn, c.cfg.ClientConfig, 0, 10)
 		if err != nil || len(dls) != 1 || dls[0].MsgID != "dead-1" {
 			t.Fatalf("DeadLetters = %+v, %v", dls, err)
 		}
-		if err := mesh.Redrive(ctx, ctl.Conn, c.cfg, dls[0].Seq); err != nil {
+		if err := mesh.Redrive(ctx, ctl.Conn, c.cfg.ClientConfig, dls[0].Seq); err != nil {
 			t.Fatalf("Redrive: %v", err)
 		}
 		reply, err := ctl.Request("mesh.v1.entity.Counter.GetValue", nil, 10*time.Second)

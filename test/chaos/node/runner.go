@@ -44,7 +44,7 @@ func runRunner(ctx context.Context, args []string, stderr io.Writer) error {
 	if cfg.RunnerID == "" || records == "" {
 		return errors.New("runner: -id and -records are required")
 	}
-	cfg.Logger = logging.Logger(stderr)
+	log := logging.Logger(stderr)
 	rec, err := model.Create(records)
 	if err != nil {
 		return err
@@ -53,7 +53,7 @@ func runRunner(ctx context.Context, args []string, stderr io.Writer) error {
 	conn.Name = cfg.RunnerID
 	// The suite reaches the servers through proxies it controls: never
 	// connect around them to an address a server gossips.
-	nc, err := conn.Connect(ctx, cfg.Logger, nats.IgnoreDiscoveredServers(), nats.ReconnectWait(100*time.Millisecond))
+	nc, err := conn.Connect(ctx, log, nats.IgnoreDiscoveredServers(), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
 	}
@@ -72,7 +72,7 @@ func runRunner(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 
-	r, err := mesh.NewRunner(nc, cfg, actor.WithObserver(observer{rec}))
+	r, err := mesh.NewRunner(nc, cfg, mesh.WithLogger(log), mesh.WithRuntimeOptions(actor.WithObserver(observer{rec})))
 	if err != nil {
 		return err
 	}
