@@ -32,7 +32,7 @@ examples:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime=1000000x ./actor
 	$(GO) test -run '^$$' -bench . -benchtime=20000x ./mesh
-	$(GO) test -run '^$$' -bench . ./internal/assign
+	$(GO) test -run '^$$' -bench . ./mesh/internal/assign
 	$(GO) test -run '^$$' -bench ReminderFiring -benchtime=1x ./reminder
 	$(GO) test -run '^$$' -bench . -benchtime=2s ./eventsourced ./durablestate
 	$(GO) run ./test/bench
@@ -43,7 +43,7 @@ FUZZ_TARGETS = ./mesh/protocol:FuzzIDHeader ./mesh/protocol:FuzzParseCall ./mesh
 	./mesh/protocol:FuzzStoredReply ./mesh:FuzzShardKey ./mesh:FuzzAssignment ./mesh:FuzzRegistryRecord \
 	./mesh:FuzzAssignmentRecord ./mesh:FuzzStreamControl ./mesh/protocol:FuzzParseSubjects ./mesh/protocol:FuzzReplyKey \
 	./mesh:FuzzPersistedMessage ./jetstream:FuzzLeaseValue ./jetstream:FuzzLeaseHeaders \
-	./jetstream:FuzzWatchEvent ./internal/assign:FuzzCompute ./jetstream:FuzzToken \
+	./jetstream:FuzzWatchEvent ./mesh/internal/assign:FuzzCompute ./jetstream:FuzzToken \
 	./internal/cronexpr:FuzzNext
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$pkg $$fn"; \

@@ -8,7 +8,7 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natsmesh/natsmesh/actor"
-	"github.com/natsmesh/natsmesh/internal/patterntest"
+	"github.com/natsmesh/natsmesh/internal/testkit/patterntest"
 )
 
 // Sequential saves of one entity through an actor runtime, write-through

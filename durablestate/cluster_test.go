@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/actor"
-	"github.com/natsmesh/natsmesh/internal/natstest"
-	"github.com/natsmesh/natsmesh/internal/patterntest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/patterntest"
 )
 
 // On a 3-server cluster with an R3 bucket: a host whose connection is

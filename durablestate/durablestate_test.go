@@ -15,8 +15,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/natsmesh/natsmesh/actor"
-	"github.com/natsmesh/natsmesh/internal/natstest"
-	"github.com/natsmesh/natsmesh/internal/patterntest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/patterntest"
 	"github.com/natsmesh/natsmesh/jetstream"
 	"github.com/natsmesh/natsmesh/mesh"
 )

@@ -11,7 +11,7 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natsmesh/natsmesh/actor"
-	"github.com/natsmesh/natsmesh/internal/patterntest"
+	"github.com/natsmesh/natsmesh/internal/testkit/patterntest"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 

@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/actor"
-	"github.com/natsmesh/natsmesh/internal/faultproxy"
-	"github.com/natsmesh/natsmesh/internal/natstest"
-	"github.com/natsmesh/natsmesh/internal/patterntest"
+	"github.com/natsmesh/natsmesh/internal/testkit/faultproxy"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/patterntest"
 	"github.com/natsmesh/natsmesh/jetstream"
 	"github.com/natsmesh/natsmesh/mesh"
 )

@@ -12,8 +12,8 @@ import (
 	natsjs "github.com/nats-io/nats.go/jetstream"
 
 	"github.com/natsmesh/natsmesh/actor"
-	"github.com/natsmesh/natsmesh/internal/natstest"
-	"github.com/natsmesh/natsmesh/internal/patterntest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/patterntest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 )
 
 // On a 3-server cluster with an R3 bucket, a kept lease survives a stream

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 )
 
 // With the server gone, the keeper must declare the lease lost by its own

@@ -14,8 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
-	"github.com/natsmesh/natsmesh/internal/assign"
 	"github.com/natsmesh/natsmesh/jetstream"
+	"github.com/natsmesh/natsmesh/mesh/internal/assign"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
 )
 

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natsmesh/natsmesh/internal/authtest"
-	"github.com/natsmesh/natsmesh/internal/meshtest"
-	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/authtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 )
 
 // The gateway reaches a server that requires mutual TLS and a credentials

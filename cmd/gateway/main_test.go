@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natsmesh/natsmesh/internal/meshtest"
-	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 )
 
 func TestBadConfig(t *testing.T) {

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/natsmesh/natsmesh/internal/authtest"
-	"github.com/natsmesh/natsmesh/internal/meshtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/authtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
 )
 
 // meshctl reaches a server that requires mutual TLS and a credentials

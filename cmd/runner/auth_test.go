@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/natsmesh/natsmesh/examples/counter"
-	"github.com/natsmesh/natsmesh/internal/authtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/authtest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 

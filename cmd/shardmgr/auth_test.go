@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/natsmesh/natsmesh/internal/authtest"
-	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/authtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 

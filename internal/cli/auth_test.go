@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/natsmesh/natsmesh/internal/authtest"
-	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/authtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 )
 
 // Every authentication method and TLS setup the binaries offer, against an

@@ -11,8 +11,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/natsmesh/natsmesh/examples/counter"
-	"github.com/natsmesh/natsmesh/internal/natstest"
 	"github.com/natsmesh/natsmesh/internal/ops"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 

@@ -12,8 +12,8 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/examples/counter"
-	"github.com/natsmesh/natsmesh/internal/meshtest"
-	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
 	meshotel "github.com/natsmesh/natsmesh/observe/otel"

@@ -4,10 +4,11 @@ package chaos_test
 
 import (
 	"fmt"
-	"github.com/natsmesh/natsmesh/test/chaos/internal/check"
-	"github.com/natsmesh/natsmesh/test/internal/leaselog"
 	"os"
 	"strings"
+
+	"github.com/natsmesh/natsmesh/test/chaos/internal/check"
+	"github.com/natsmesh/natsmesh/test/internal/leaselog"
 )
 
 // writeLeases writes the lease log and its gaps to path, as evidence.

@@ -9,7 +9,7 @@
 // every process is ready, then runs "down" and checks that every process
 // the script started has exited, on SIGTERM and not killed.
 //
-// The binaries are built once by the test (internal/cmdtest) and given to
+// The binaries are built once by the test (internal/testkit/cmdtest) and given to
 // the script with CLUSTER_BIN; the script's state, logs and pid files go to
 // a temporary folder and its ports are picked free, so the test runs beside
 // a `make cluster` of the user's. It needs bash and curl (the script's
@@ -43,8 +43,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/natsmesh/natsmesh/internal/cmdtest"
-	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/cmdtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 

@@ -79,8 +79,8 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/examples/counter"
-	"github.com/natsmesh/natsmesh/internal/cmdtest"
-	"github.com/natsmesh/natsmesh/internal/natstest"
+	"github.com/natsmesh/natsmesh/internal/testkit/cmdtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
 	"github.com/natsmesh/natsmesh/test/internal/proctest"

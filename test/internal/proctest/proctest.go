@@ -1,7 +1,7 @@
 //go:build unix
 
 // Package proctest runs the project's binaries (built with
-// internal/cmdtest) as child processes, for tests that kill, pause and
+// internal/testkit/cmdtest) as child processes, for tests that kill, pause and
 // restart them (test/failover, test/chaos).
 //
 // # Usage
