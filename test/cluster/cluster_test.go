@@ -42,16 +42,22 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"go.uber.org/goleak"
 
 	"github.com/natsmesh/natsmesh/internal/testkit/cmdtest"
 	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
+func TestMain(m *testing.M) { goleak.VerifyTestMain(mainM{m}) }
+
+// mainM removes the binaries after the tests.
+type mainM struct{ m *testing.M }
+
+func (w mainM) Run() int {
+	code := w.m.Run()
 	cmdtest.Remove()
-	os.Exit(code)
+	return code
 }
 
 // shards is the default shard count, which cluster.sh keeps.
