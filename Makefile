@@ -3,7 +3,7 @@ GO ?= go
 PKGS ?= ./...
 TEST_FLAGS ?= -race -count=1 -shuffle=on -timeout=20m
 
-.PHONY: test vet fmt-check tidy-check lint bench fuzz examples build chaos chaos-short
+.PHONY: test vet fmt-check tidy-check staticcheck lint bench fuzz examples build chaos chaos-short
 
 test: fmt-check vet
 	$(GO) test $(TEST_FLAGS) $(PKGS)
@@ -18,7 +18,13 @@ fmt-check:
 tidy-check:
 	$(GO) mod tidy -diff
 
-lint: fmt-check vet tidy-check
+# staticcheck (pinned in go.mod as a tool) with every check on
+# (staticcheck.conf), package-doc checks included.
+staticcheck:
+	$(GO) tool staticcheck ./...
+	$(GO) tool staticcheck -tags chaos ./test/chaos/...
+
+lint: fmt-check vet tidy-check staticcheck
 
 build:
 	$(GO) build ./...

@@ -133,12 +133,13 @@ func ExponentialBackoff(base, max time.Duration) Backoff {
 	}
 }
 
-// Instance is one activation of an entity, as its init function sees it.
-// Its methods are safe to call from the entity's handlers and from
-// goroutines the entity starts.
+// Address returns the address of the entity this instance activates.
 //
-// An Instance is also the runtime's bookkeeping for the entity, which is why
-// it has unexported fields: one allocation per activation.
+// An Instance is one activation of an entity, as its init function sees
+// it. Its methods are safe to call from the entity's handlers and from
+// goroutines the entity starts. It is also the runtime's bookkeeping for
+// the entity, which is why it has unexported fields: one allocation per
+// activation.
 func (in *Instance) Address() Address { return in.addr }
 
 // OnStop registers a finalizer, run once when this activation ends

@@ -296,7 +296,7 @@ func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 		if err != nil {
 			return zero, err
 		}
-		return decodeReply[Resp](info, c.codec, reply)
+		return decodeReply[Resp](info, c.replyCodec(reply), reply)
 	}
 	if ctx.Done() != nil { // cancellable: bound it (an uncancellable one is bounded by requestRetry)
 		var cancel context.CancelFunc

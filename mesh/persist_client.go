@@ -172,11 +172,11 @@ func (c *Client) awaitStored(ctx context.Context, msgID string, replies <-chan *
 		case <-poll.C:
 			e, err := p.replies.Get(ctx, protocol.ReplyKey(msgID))
 			if err == nil {
-				_, code, body, derr := protocol.DecodeStored(e.Value())
+				codec, code, body, derr := protocol.DecodeStored(e.Value())
 				if derr != nil {
 					return nil, fmt.Errorf("%w: stored reply of %s: %w", actor.ErrMalformed, msgID, derr)
 				}
-				m := &nats.Msg{Data: body, Header: nats.Header{protocol.HeaderMsgID: []string{msgID}}}
+				m := &nats.Msg{Data: body, Header: nats.Header{protocol.HeaderMsgID: []string{msgID}, protocol.HeaderCodec: []string{codec.Name()}}}
 				if code != "" {
 					m.Header[protocol.HeaderError] = []string{code}
 				}
@@ -208,6 +208,13 @@ func Reply[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Res
 	return decodeReply[Resp](rpc.Info(), c.replyCodec(m), m)
 }
 
-// replyCodec is the codec of a reply: the client's own (runners answer in
-// the codec they were asked in).
-func (c *Client) replyCodec(*nats.Msg) actor.Codec { return c.codec }
+// replyCodec is the codec of a persisted message's reply: a stored reply
+// names its own (the message may have been sent in another codec by
+// another client), a live one is in the codec it was asked in, the
+// client's.
+func (c *Client) replyCodec(m *nats.Msg) actor.Codec {
+	if codec, err := protocol.CodecByName(m.Header.Get(protocol.HeaderCodec)); err == nil && m.Header.Get(protocol.HeaderCodec) != "" {
+		return codec
+	}
+	return c.codec
+}

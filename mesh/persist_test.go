@@ -157,6 +157,15 @@ func TestPersistedCallSendReply(t *testing.T) {
 	if n, err := mesh.Reply(ctx, jc, Post, "id with spaces/and:odd*chars"); err != nil || n != 3 {
 		t.Fatalf("JSON Reply = %d, %v", n, err)
 	}
+	// A reply stored in JSON is read by a msgpack client too, when it
+	// re-attaches or sends the same id again: decoded in the codec it was
+	// stored in ("3" read as msgpack would be 51).
+	if n, err := mesh.Reply(ctx, c, Post, "id with spaces/and:odd*chars"); err != nil || n != 3 {
+		t.Fatalf("msgpack Reply of a JSON message = %d, %v; want 3", n, err)
+	}
+	if n, err := mesh.Call(ctx, c, Post, "acct", 30, mesh.MessageID("id with spaces/and:odd*chars")); err != nil || n != 3 {
+		t.Fatalf("msgpack duplicate of a JSON message = %d, %v; want 3", n, err)
+	}
 	// A raw persisted call (the gateway's path) with an idempotency key:
 	// handled once, the retry gets the stored reply.
 	raw := mesh.RawCall{EntityType: "Ledger", ID: "acct", RPC: "Post", Codec: protocol.CodecJSON, Payload: []byte("40"), Persisted: true, MessageID: "raw-40"}

@@ -125,7 +125,7 @@ func TestTraceAcrossNATS(t *testing.T) {
 	}
 	attrs := map[string]string{}
 	for _, a := range server.Attributes {
-		attrs[string(a.Key)] = a.Value.Emit()
+		attrs[string(a.Key)] = a.Value.String()
 	}
 	if attrs["natsmesh.entity.id"] != "a" || attrs["natsmesh.runner"] != "r1" || attrs["rpc.method"] != "Increment" || attrs["natsmesh.shard"] == "" {
 		t.Errorf("runner call span attributes = %v", attrs)

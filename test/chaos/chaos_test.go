@@ -39,7 +39,7 @@ type options struct {
 	lease, refresh, margin time.Duration
 	idle                   time.Duration
 	gapMin, gapMax         time.Duration
-	keep, race             bool
+	keep                   bool
 }
 
 var (

@@ -325,19 +325,6 @@ func startRunner(t testing.TB, url string, cfg mesh.Config, id string, rec *reco
 	return r, nc
 }
 
-// waitServing waits until each runner serves want[r] shards.
-func waitServing(t testing.TB, want map[*mesh.Runner]int) {
-	t.Helper()
-	natstest.WaitFor(t, 30*time.Second, func() bool {
-		for r, n := range want {
-			if len(r.Shards()) != n {
-				return false
-			}
-		}
-		return true
-	}, "shards split between the runners")
-}
-
 // recorder keeps every activation and deactivation of every runner in one
 // sequence. Events are appended under one lock, so their order is a real
 // order: a Deactivated recorded before an Activated happened before it. An

@@ -122,7 +122,7 @@ const (
 	SetupNotFenced = "K3"
 )
 
-// StaleRegistry: after the faults, the leading shard manager keeps
+// StaleRegistry (K4): after the faults, the leading shard manager keeps
 // shards assigned to a runner that is gone and no longer registered, so
 // they stay unserved until another manager leads. The manager learns of
 // an expired registration only from its watch of the registry, through
@@ -133,7 +133,7 @@ const (
 // names runners that are not registered.
 const StaleRegistry = "K4"
 
-// ExpiryLost: a lease or registration key outlives its per-key TTL by
+// ExpiryLost (K5): a lease or registration key outlives its per-key TTL by
 // minutes once its holder is gone, so the shard cannot be acquired, or the
 // dead runner stays registered and keeps its shards. Seen with keys last
 // written while a NATS server of the cluster was restarting
@@ -143,7 +143,7 @@ const StaleRegistry = "K4"
 // names a runner incarnation whose process has exited.
 const ExpiryLost = "K5"
 
-// HeldOpen: the activation of an entity on a runner cut off from NATS
+// HeldOpen (K7): the activation of an entity on a runner cut off from NATS
 // (cut or blackholed) stays open after the runner fences its shard, until
 // storing the reply of the last persisted message its handler answered
 // gives up (CallTimeout, 10 s): the reply was stored on the entity's own
