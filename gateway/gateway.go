@@ -211,6 +211,39 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve handles one request. It writes a success itself and returns the
 // error to write otherwise.
 func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, int, *errorBody) {
+	call, status, eb := route(r)
+	if eb != nil {
+		if status == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", http.MethodPost)
+		}
+		return call, status, eb
+	}
+	timeout, status, eb := g.options(w, r, &call)
+	if eb != nil {
+		return call, status, eb
+	}
+	if call.Payload, status, eb = g.body(w, r); eb != nil {
+		return call, status, eb
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	reply, err := g.client.CallRaw(ctx, call)
+	if err != nil {
+		status, body := errorResponse(err)
+		if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", "1")
+		}
+		return call, status, body
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(reply)
+	return call, http.StatusOK, nil
+}
+
+// route reads the call's entity type, id and RPC from the request's path
+// and checks its method and the id.
+func route(r *http.Request) (mesh.RawCall, int, *errorBody) {
 	call := mesh.RawCall{Codec: protocol.CodecJSON}
 	// The path is split before unescaping, so an escaped '/' stays in its
 	// segment. The router of net/http is not used: it cleans paths, which
@@ -228,23 +261,29 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 		*dst = s
 	}
 	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
 		return call, http.StatusMethodNotAllowed, &errorBody{Code: CodeMethodNotAllowed, Message: r.Method + " not allowed: entities are called with POST"}
 	}
 	if err := actor.ValidateID(call.ID); err != nil {
 		return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeInvalidID, Message: err.Error()}
 	}
+	return call, 0, nil
+}
+
+// options reads the request's headers into call: its content type, time
+// budget (returned) and, for a persisted RPC, its idempotency key (the
+// message id, generated when there is none, is set on the response).
+func (g *Gateway) options(w http.ResponseWriter, r *http.Request, call *mesh.RawCall) (time.Duration, int, *errorBody) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return call, http.StatusUnsupportedMediaType, &errorBody{Code: CodeUnsupportedMediaType, Message: fmt.Sprintf("Content-Type %q: want application/json", ct)}
+			return 0, http.StatusUnsupportedMediaType, &errorBody{Code: CodeUnsupportedMediaType, Message: fmt.Sprintf("Content-Type %q: want application/json", ct)}
 		}
 	}
 	timeout := g.cfg.DefaultTimeout
 	if v := r.Header.Get(HeaderTimeout); v != "" {
 		ms, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || ms <= 0 {
-			return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf("%s %q: want a positive number of milliseconds", HeaderTimeout, v)}
+			return 0, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf("%s %q: want a positive number of milliseconds", HeaderTimeout, v)}
 		}
 		timeout = g.cfg.MaxTimeout
 		if ms < int64(g.cfg.MaxTimeout/time.Millisecond) {
@@ -254,11 +293,11 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 	persisted := g.persisted[call.EntityType+"."+call.RPC]
 	if key, ok := r.Header[http.CanonicalHeaderKey(HeaderIdempotencyKey)]; ok {
 		if !persisted {
-			return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf(
+			return 0, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf(
 				"%s given for %s.%s, which is not a persisted RPC: its calls are at most once and cannot be deduplicated", HeaderIdempotencyKey, call.EntityType, call.RPC)}
 		}
 		if len(key) != 1 || !validIdempotencyKey(key[0]) {
-			return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf(
+			return 0, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf(
 				"%s: want one value of 1 to %d printable characters", HeaderIdempotencyKey, MaxIdempotencyKey)}
 		}
 		call.MessageID = messageID(call.EntityType, call.RPC, call.ID, key[0])
@@ -272,35 +311,24 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 		}
 		w.Header().Set(HeaderMsgID, call.MessageID)
 	}
+	return timeout, 0, nil
+}
 
+// body reads the request's body, bounded by Config.MaxBodyBytes.
+func (g *Gateway) body(w http.ResponseWriter, r *http.Request) ([]byte, int, *errorBody) {
 	payload, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.cfg.MaxBodyBytes))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return call, http.StatusRequestEntityTooLarge, &errorBody{Code: protocol.CodePayloadTooLarge, Message: fmt.Sprintf("body over %d bytes", g.cfg.MaxBodyBytes)}
+			return nil, http.StatusRequestEntityTooLarge, &errorBody{Code: protocol.CodePayloadTooLarge, Message: fmt.Sprintf("body over %d bytes", g.cfg.MaxBodyBytes)}
 		}
-		return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: "read body: " + err.Error()}
+		return nil, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: "read body: " + err.Error()}
 	}
 	// Checked here so a body that is not JSON at all gets a clear message;
 	// one of the wrong shape is refused by the runner as Malformed too.
 	if len(payload) > 0 && !json.Valid(payload) {
-		return call, http.StatusBadRequest, &errorBody{Code: protocol.CodeMalformed, Message: "body is not valid JSON"}
+		return nil, http.StatusBadRequest, &errorBody{Code: protocol.CodeMalformed, Message: "body is not valid JSON"}
 	}
-	call.Payload = payload
-
-	ctx, cancel := context.WithTimeout(r.Context(), timeout)
-	defer cancel()
-	reply, err := g.client.CallRaw(ctx, call)
-	if err != nil {
-		status, body := errorResponse(err)
-		if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
-			w.Header().Set("Retry-After", "1")
-		}
-		return call, status, body
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(reply)
-	return call, http.StatusOK, nil
+	return payload, 0, nil
 }
 
 // statusOf maps the wire error codes to HTTP statuses.

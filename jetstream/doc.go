@@ -1,8 +1,24 @@
 // Package jetstream holds the durable NATS primitives natsmesh builds on,
 // each a thin layer over nats.go's jetstream package (imported as natsjs)
-// that knows nothing of entities or shards. The first is a lease store:
-// shard leases, singleton locks and runner registrations are all keys in a
-// JetStream KV bucket that a holder keeps alive.
+// that knows nothing of entities or shards, and the JetStream idioms the
+// rest of the project would otherwise write again:
+//
+//   - a lease store (Leases, Keeper, Watcher): shard leases, singleton
+//     locks and runner registrations are all keys in a KV bucket that a
+//     holder keeps alive;
+//   - reads that decide what to do next, from the stream's leader
+//     (LeaderGet), and ranges of a subject from any replica, checked
+//     against a sequence the leader gave (ReadSubject);
+//   - conditional appends whose unanswered attempts are told apart from
+//     conflicts (Append), and the check for a refused expected sequence
+//     (WrongLastSequence);
+//   - start-up steps retried with short attempts (Setup, Final), and
+//     streams and buckets created without touching an existing one's
+//     configuration (EnsureStream, EnsureKeyValue, EnsureObjectStore);
+//   - any string as one subject token and KV key (Token, ParseToken).
+//
+// Its configuration structs follow nats.go's convention: a zero field
+// takes its default (LeaseConfig, like natsjs.KeyValueConfig).
 //
 // # Usage
 //

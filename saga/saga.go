@@ -402,50 +402,57 @@ func (ss *Sagas) run(ctx context.Context, cmd command) (Outcome, error) {
 	for {
 		switch rec.Status {
 		case Running:
-			if rec.Step == def.len() {
-				rec.Status = Completed
-				save()
-				continue
-			}
-			i := rec.Step
-			err := ss.attempt(ctx, func(n int) error { return def.do(ctx, &rec, i, n) })
-			switch {
-			case err == nil:
-				rec.Step++
-			case IsAbort(err):
-				rec.Status, rec.FailedStep, rec.Error, rec.Comp = Compensating, def.stepName(i), err.Error(), i-1
-			default:
-				rec.Status, rec.StuckIn, rec.FailedStep, rec.Error = Stuck, Running, def.stepName(i), err.Error()
-				ss.log.Error("saga stuck", "def", rec.Def, "id", rec.ID, "step", def.stepName(i), "err", err)
-			}
-			save()
+			ss.forward(ctx, def, &rec)
 		case Compensating:
-			if rec.Comp < 0 {
-				rec.Status = Compensated
-				save()
-				continue
-			}
-			i := rec.Comp
-			err := ss.attempt(ctx, func(n int) error {
-				err := def.compensate(ctx, &rec, i, n)
-				if IsAbort(err) {
-					// A compensation cannot be refused: try it like any
-					// failure, then stop for an operator.
-					return errors.Unwrap(err)
-				}
-				return err
-			})
-			if err != nil {
-				rec.Status, rec.StuckIn = Stuck, Compensating
-				rec.Error = fmt.Sprintf("compensating %s: %v (after: %s)", def.stepName(i), err, rec.Error)
-				ss.log.Error("saga stuck compensating", "def", rec.Def, "id", rec.ID, "step", def.stepName(i), "err", err)
-			} else {
-				rec.Comp--
-			}
-			save()
+			ss.backward(ctx, def, &rec)
 		default: // Completed, Compensated, Stuck
 			return rec.outcome(), nil
 		}
+		save()
+	}
+}
+
+// forward runs the saga's next step, or completes it.
+func (ss *Sagas) forward(ctx context.Context, def definition, rec *record) {
+	if rec.Step == def.len() {
+		rec.Status = Completed
+		return
+	}
+	i := rec.Step
+	err := ss.attempt(ctx, func(n int) error { return def.do(ctx, rec, i, n) })
+	switch {
+	case err == nil:
+		rec.Step++
+	case IsAbort(err):
+		rec.Status, rec.FailedStep, rec.Error, rec.Comp = Compensating, def.stepName(i), err.Error(), i-1
+	default:
+		rec.Status, rec.StuckIn, rec.FailedStep, rec.Error = Stuck, Running, def.stepName(i), err.Error()
+		ss.log.Error("saga stuck", "def", rec.Def, "id", rec.ID, "step", def.stepName(i), "err", err)
+	}
+}
+
+// backward runs the saga's next compensation, or ends it compensated.
+func (ss *Sagas) backward(ctx context.Context, def definition, rec *record) {
+	if rec.Comp < 0 {
+		rec.Status = Compensated
+		return
+	}
+	i := rec.Comp
+	err := ss.attempt(ctx, func(n int) error {
+		err := def.compensate(ctx, rec, i, n)
+		if IsAbort(err) {
+			// A compensation cannot be refused: try it like any
+			// failure, then stop for an operator.
+			return errors.Unwrap(err)
+		}
+		return err
+	})
+	if err != nil {
+		rec.Status, rec.StuckIn = Stuck, Compensating
+		rec.Error = fmt.Sprintf("compensating %s: %v (after: %s)", def.stepName(i), err, rec.Error)
+		ss.log.Error("saga stuck compensating", "def", rec.Def, "id", rec.ID, "step", def.stepName(i), "err", err)
+	} else {
+		rec.Comp--
 	}
 }
 

@@ -45,12 +45,20 @@ func Compute(shards int, runners []Runner, prev []string) []string {
 	if len(rs) == 0 {
 		return next
 	}
+	owner := owners(shards, rs, prev)
+	setTargets(shards, rs)
+	keep(rs, owner, next)
+	handOut(rs, owner, next)
+	return next
+}
+
+// owners returns, for each shard, the index in rs of its owner in prev, or
+// -1 when it is free; it counts each runner's shards in prev.
+func owners(shards int, rs []runner, prev []string) []int32 {
 	index := make(map[string]int32, len(rs))
 	for i := range rs {
 		index[rs[i].id] = int32(i)
 	}
-
-	// owner[i] is the index in rs of shard i's owner, or -1 while it is free.
 	owner := make([]int32, shards)
 	for i := range owner {
 		owner[i] = -1
@@ -62,22 +70,22 @@ func Compute(shards int, runners []Runner, prev []string) []string {
 			rs[o].prev++
 		}
 	}
+	return owner
+}
 
-	setTargets(shards, rs)
-
-	// Keep every shard whose owner is at or under target. An owner above
-	// target sheds exactly prev-target of its shards, spread evenly over the
-	// ones it holds (Bresenham's line stepping, started half a step in), so
-	// the shards that move are scattered rather than one block at the end.
+// keep keeps every shard whose owner is at or under target in next. An
+// owner above target sheds exactly prev-target of its shards, spread evenly
+// over the ones it holds (Bresenham's line stepping, started half a step
+// in), so the shards that move are scattered rather than one block at the
+// end; a shed shard's owner becomes -1.
+func keep(rs []runner, owner []int32, next []string) {
 	for i := range rs {
 		if r := &rs[i]; r.prev > r.target {
 			r.acc = r.prev
 		}
 	}
-	free := 0
 	for i, o := range owner {
 		if o < 0 {
-			free++
 			continue
 		}
 		r := &rs[o]
@@ -86,19 +94,20 @@ func Compute(shards int, runners []Runner, prev []string) []string {
 			if r.acc >= 2*r.prev {
 				r.acc -= 2 * r.prev
 				owner[i] = -1
-				free++
 				continue
 			}
 		}
 		next[i] = r.id
 	}
+}
 
-	// Hand the free shards, in shard order, to the runners under target.
-	// Runner r needs d = target - kept more; it takes its k-th (0-based)
-	// shard at virtual time (2k+1)/(2d), and shards go out in time order
-	// (ties to the smaller ID). Each runner's new shards are thus spread
-	// over the free ones, interleaved with the other takers', instead of
-	// one runner taking a contiguous block.
+// handOut hands the free shards, in shard order, to the runners under
+// target. Runner r needs d = target - kept more; it takes its k-th
+// (0-based) shard at virtual time (2k+1)/(2d), and shards go out in time
+// order (ties to the smaller ID). Each runner's new shards are thus spread
+// over the free ones, interleaved with the other takers', instead of one
+// runner taking a contiguous block.
+func handOut(rs []runner, owner []int32, next []string) {
 	h := takers{rs: rs}
 	for i := range rs {
 		r := &rs[i]
@@ -119,7 +128,6 @@ func Compute(shards int, runners []Runner, prev []string) []string {
 			h.fix()
 		}
 	}
-	return next
 }
 
 // runner is Compute's working state for one live runner.
