@@ -29,7 +29,9 @@ func HandleStream[Req, Chunk any](rpc StreamRPC[Req, Chunk], fn func(ctx context
 
 // Init builds one activation of an entity: it may set up state (kept in its
 // closure), register finalizers with OnStop, and returns the handlers. It runs
-// on the entity's own goroutine before the first message of the activation.
+// on the entity's own goroutine before the first message of the activation,
+// and once more when the behaviour is registered, on a probe instance
+// (Instance.Probe), so that Register can check the handlers.
 type Init func(self *Instance) ([]Handler, error)
 
 // Behavior is an implementation of an entity type: its init function and
@@ -142,11 +144,23 @@ func ExponentialBackoff(base, max time.Duration) Backoff {
 // activation.
 func (in *Instance) Address() Address { return in.addr }
 
+// Probe reports whether this instance is the probe that Register runs the
+// behaviour's init on, once, to check the handlers it returns against the
+// entity's declared RPCs (a missing handler, or one for another type's
+// RPC, fails Register). A probe is never activated: its address has an
+// empty id, and its OnStop, Stop and KeepAlive do nothing. An init that
+// loads state, acquires resources or starts work returns its handlers at
+// once when probed (building them costs nothing: they are closures).
+func (in *Instance) Probe() bool { return in.probe }
+
 // OnStop registers a finalizer, run once when this activation ends
 // (passivation, shutdown, a fatal defect, or the partition being closed),
 // after its last message. Finalizers run in reverse registration order with a
 // context bounded by the runtime's termination timeout.
 func (in *Instance) OnStop(fn func(ctx context.Context)) {
+	if in.probe {
+		return
+	}
 	in.mu.Lock()
 	in.finalizers = append(in.finalizers, fn)
 	in.mu.Unlock()
@@ -161,6 +175,9 @@ func (in *Instance) OnStop(fn func(ctx context.Context)) {
 // waits no backoff. Calling it again, or after the activation ended, does
 // nothing.
 func (in *Instance) Stop() {
+	if in.probe {
+		return
+	}
 	rt := in.ts.rt
 	in.mu.Lock()
 	if in.state != stActive || in.closing {
@@ -183,6 +200,9 @@ func (in *Instance) Stop() {
 // KeepAlive holds off passivation while enabled, for an entity doing work
 // outside its handlers. Shutdown and partition closing still stop it.
 func (in *Instance) KeepAlive(enabled bool) {
+	if in.probe {
+		return
+	}
 	in.mu.Lock()
 	in.keepAlive = enabled
 	in.lastActive = in.ts.rt.clock.Load()

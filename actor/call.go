@@ -175,6 +175,14 @@ type Codec interface {
 	Unmarshal(data []byte, v any) error
 }
 
+// StrictCodec is an optional interface of a Codec: UnmarshalStrict
+// refuses data with fields v's type does not have. A runtime decodes
+// requests with it unless their RPC allows unknown fields (the mesh's JSON
+// codec implements it).
+type StrictCodec interface {
+	UnmarshalStrict(data []byte, v any) error
+}
+
 // ErrMalformed wraps a payload that the codec could not decode.
 var ErrMalformed = fmt.Errorf("actor: malformed payload")
 
@@ -199,12 +207,20 @@ type codecOps interface {
 	message(ctx context.Context, codec Codec, payload []byte, r Replier) (message, error)
 }
 
-func decode[Req any](codec Codec, payload []byte) (Req, error) {
+// decode decodes a request of RPC d, strictly when the codec can and d
+// does not allow unknown fields.
+func decode[Req any](d *rpcDesc, codec Codec, payload []byte) (Req, error) {
 	var req Req
 	if len(payload) == 0 {
 		return req, nil // no payload: the zero value (Empty for RPCs without one)
 	}
-	if err := codec.Unmarshal(payload, &req); err != nil {
+	var err error
+	if sc, ok := codec.(StrictCodec); ok && !d.lenient {
+		err = sc.UnmarshalStrict(payload, &req)
+	} else {
+		err = codec.Unmarshal(payload, &req)
+	}
+	if err != nil {
 		return req, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return req, nil
@@ -213,7 +229,7 @@ func decode[Req any](codec Codec, payload []byte) (Req, error) {
 type unaryCodec[Req, Resp any] struct{ d *rpcDesc }
 
 func (u unaryCodec[Req, Resp]) message(ctx context.Context, codec Codec, payload []byte, r Replier) (message, error) {
-	req, err := decode[Req](codec, payload)
+	req, err := decode[Req](u.d, codec, payload)
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +272,7 @@ func (c *rawCall[Req, Resp]) invoke(h any) (d *Defect) {
 type streamCodec[Req, Chunk any] struct{ d *rpcDesc }
 
 func (s streamCodec[Req, Chunk]) message(ctx context.Context, codec Codec, payload []byte, r Replier) (message, error) {
-	req, err := decode[Req](codec, payload)
+	req, err := decode[Req](s.d, codec, payload)
 	if err != nil {
 		return nil, err
 	}

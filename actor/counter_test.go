@@ -36,7 +36,7 @@ func (p *counterProbe) finals(a actor.Address) int64 {
 
 func counterBehavior(p *counterProbe, opts ...actor.Option) *actor.Behavior {
 	return actor.Implement(Counter, func(self *actor.Instance) ([]actor.Handler, error) {
-		if p != nil {
+		if p != nil && !self.Probe() {
 			p.inits.Add(1)
 		}
 		state := 0

@@ -88,6 +88,13 @@ type RPCInfo interface {
 	Persisted() bool
 	// Failures lists the failure types the RPC declares.
 	Failures() []FailureInfo
+	// Payload is the Go type of the request; Result that of the success
+	// (of each chunk, for a streaming RPC). Tools derive schemas from them.
+	Payload() reflect.Type
+	Result() reflect.Type
+	// AllowsUnknownFields reports whether a JSON request may carry fields
+	// its payload type does not have (AllowUnknownFields).
+	AllowsUnknownFields() bool
 }
 
 // FailureInfo is one declared failure of an RPC: a stable code and the Go
@@ -104,16 +111,22 @@ type rpcDesc struct {
 	index     int
 	kind      RPCKind
 	persisted bool
+	lenient   bool // AllowUnknownFields
 	failures  []FailureInfo
+	payload   reflect.Type
+	result    reflect.Type
 	newCall   func() any // a fresh *call[Req, Resp], for unary RPCs
 	codec     codecOps   // typed decode/encode for calls arriving as bytes
 }
 
-func (d *rpcDesc) Name() string            { return d.name }
-func (d *rpcDesc) Entity() *Entity         { return d.entity }
-func (d *rpcDesc) Kind() RPCKind           { return d.kind }
-func (d *rpcDesc) Persisted() bool         { return d.persisted }
-func (d *rpcDesc) Failures() []FailureInfo { return d.failures }
+func (d *rpcDesc) Name() string              { return d.name }
+func (d *rpcDesc) Entity() *Entity           { return d.entity }
+func (d *rpcDesc) Kind() RPCKind             { return d.kind }
+func (d *rpcDesc) Persisted() bool           { return d.persisted }
+func (d *rpcDesc) Failures() []FailureInfo   { return d.failures }
+func (d *rpcDesc) Payload() reflect.Type     { return d.payload }
+func (d *rpcDesc) Result() reflect.Type      { return d.result }
+func (d *rpcDesc) AllowsUnknownFields() bool { return d.lenient }
 
 // RPC is a declared unary RPC with payload type Req and success type Resp.
 // The Go compiler checks both at every Handle and Call site.
@@ -137,6 +150,14 @@ type RPCOption func(*rpcDesc) error
 // JetStream stream before delivery and retries them until handled. The
 // in-process runtime delivers them like any other message.
 func Persisted() RPCOption { return func(d *rpcDesc) error { d.persisted = true; return nil } }
+
+// AllowUnknownFields lets a JSON request carry fields the payload type does
+// not have; they are ignored. By default such a request is refused as
+// malformed, naming the field (a misspelt field is a caller's mistake, not
+// a value to drop silently). Allow them on an RPC whose callers may be
+// newer than its handlers: a new optional field then reaches old runners
+// during a rolling upgrade without being refused.
+func AllowUnknownFields() RPCOption { return func(d *rpcDesc) error { d.lenient = true; return nil } }
 
 // Failure declares that the RPC may fail with an error of type E, identified
 // on the wire by code. A handler returns it as its error; a caller matches it
@@ -183,6 +204,7 @@ func (e *Entity) declare(name string, kind RPCKind, opts []RPCOption) *rpcDesc {
 // name, or when e is already registered with a runtime.
 func NewRPC[Req, Resp any](e *Entity, name string, opts ...RPCOption) RPC[Req, Resp] {
 	d := e.declare(name, Unary, opts)
+	d.payload, d.result = reflect.TypeFor[Req](), reflect.TypeFor[Resp]()
 	d.newCall = func() any { return &call[Req, Resp]{done: make(chan struct{}, 1)} }
 	d.codec = unaryCodec[Req, Resp]{d: d}
 	return RPC[Req, Resp]{d: d}
@@ -191,6 +213,7 @@ func NewRPC[Req, Resp any](e *Entity, name string, opts ...RPCOption) RPC[Req, R
 // NewStreamRPC declares a streaming RPC of entity e. It panics like NewRPC.
 func NewStreamRPC[Req, Chunk any](e *Entity, name string, opts ...RPCOption) StreamRPC[Req, Chunk] {
 	d := e.declare(name, Streaming, opts)
+	d.payload, d.result = reflect.TypeFor[Req](), reflect.TypeFor[Chunk]()
 	d.codec = streamCodec[Req, Chunk]{d: d}
 	return StreamRPC[Req, Chunk]{d: d}
 }

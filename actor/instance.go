@@ -42,6 +42,7 @@ type Instance struct {
 	cold       *coldState    // rarely needed; nil for most entities
 
 	failures atomic.Int32 // consecutive defects or failed inits
+	probe    bool         // Register's probe of init: never activated
 }
 
 // coldState holds what only entities that failed or were re-created while
@@ -237,6 +238,66 @@ func (in *Instance) callInit() (hs []Handler, err error) {
 		return nil, fmt.Errorf("%w: %s: %w", ErrActivation, in.addr, err)
 	}
 	return arrangeHandlers(in.ts.b.entity, hs)
+}
+
+// probe runs b's init on a probe instance and checks the handlers it
+// returns: one for each RPC the entity declares, none for another type's,
+// none twice. An init that has not returned within timeout fails it (the
+// init goes on by itself); so do its errors and panics, which would
+// otherwise surface at the first activation.
+func probe(b *Behavior, timeout time.Duration) error {
+	e := b.entity
+	type result struct {
+		hs  []Handler
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		in := &Instance{addr: Address{Type: e.name}, probe: true}
+		var r result
+		defer func() {
+			if p := recover(); p != nil {
+				r.err = fmt.Errorf("panicked: %v", p)
+			}
+			done <- r
+		}()
+		r.hs, r.err = b.init(in)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	var r result
+	select {
+	case r = <-done:
+	case <-t.C:
+		return fmt.Errorf("%w: entity %s: init did not return within %v when probed (it must return its handlers at once when Instance.Probe reports true)", ErrInvalidOption, e.name, timeout)
+	}
+	if r.err != nil {
+		return fmt.Errorf("%w: entity %s: init failed when probed (it must return its handlers at once, without I/O, when Instance.Probe reports true): %w", ErrInvalidOption, e.name, r.err)
+	}
+	return checkHandlers(e, r.hs)
+}
+
+// checkHandlers checks that hs has one handler for each RPC e declares,
+// none for another type's, none twice.
+func checkHandlers(e *Entity, hs []Handler) error {
+	have := make([]bool, len(e.rpcs))
+	for _, h := range hs {
+		switch {
+		case h.d == nil:
+			return fmt.Errorf("%w: entity %s: a handler bound to no rpc", ErrInvalidOption, e.name)
+		case h.d.entity != e:
+			return fmt.Errorf("%w: entity %s: handler for rpc %s of entity %s", ErrInvalidOption, e.name, h.d.name, h.d.entity.name)
+		case have[h.d.index]:
+			return fmt.Errorf("%w: entity %s: two handlers for rpc %s", ErrInvalidOption, e.name, h.d.name)
+		}
+		have[h.d.index] = true
+	}
+	for i, d := range e.rpcs {
+		if !have[i] {
+			return fmt.Errorf("%w: entity %s: no handler for rpc %s", ErrInvalidOption, e.name, d.name)
+		}
+	}
+	return nil
 }
 
 // arrangeHandlers returns hs indexed by RPC index. It sorts hs in place and

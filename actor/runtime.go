@@ -272,8 +272,12 @@ func tickFor(maxIdle time.Duration) time.Duration {
 	return min(max(maxIdle/10, time.Millisecond), time.Second)
 }
 
-// Register adds an entity type's behaviour. It returns an error wrapping
-// ErrInvalidOption for a bad option or an entity type already registered.
+// Register adds an entity type's behaviour. It runs the behaviour's init
+// once on a probe instance (Instance.Probe) and checks the handlers it
+// returns. It returns an error wrapping ErrInvalidOption, naming the RPC,
+// for a declared RPC without a handler, a handler for another entity
+// type's RPC or two for one, an init that fails or panics when probed, a
+// bad option, or an entity type already registered.
 // After Register the entity type accepts no new RPC declarations.
 func (rt *Runtime) Register(b *Behavior) error {
 	if b == nil || b.entity == nil || b.init == nil {
@@ -284,6 +288,9 @@ func (rt *Runtime) Register(b *Behavior) error {
 		if err := opt(&o); err != nil {
 			return fmt.Errorf("entity %s: %w", b.entity.name, err)
 		}
+	}
+	if err := probe(b, rt.opts.termTimeout); err != nil {
+		return err
 	}
 	rt.regMu.Lock()
 	defer rt.regMu.Unlock()

@@ -373,8 +373,10 @@ var (
 )
 
 func fragile(inits *atomic.Int32, opts ...actor.Option) *actor.Behavior {
-	return actor.Implement(Fragile, func(*actor.Instance) ([]actor.Handler, error) {
-		inits.Add(1)
+	return actor.Implement(Fragile, func(self *actor.Instance) ([]actor.Handler, error) {
+		if !self.Probe() {
+			inits.Add(1)
+		}
 		n := 0
 		return []actor.Handler{
 			actor.Handle(Boom, func(_ context.Context, msg string) (int, error) {
@@ -438,14 +440,18 @@ func TestInitFailureBackoff(t *testing.T) {
 		ent := actor.NewEntity("Flaky")
 		ping := actor.NewRPC[actor.Empty, string](ent, "Ping")
 		var attempts atomic.Int32
-		rt := newRuntime(t, actor.Implement(ent, func(*actor.Instance) ([]actor.Handler, error) {
+		rt := newRuntime(t, actor.Implement(ent, func(self *actor.Instance) ([]actor.Handler, error) {
+			hs := []actor.Handler{actor.Handle(ping, func(context.Context, actor.Empty) (string, error) { return "pong", nil })}
+			if self.Probe() {
+				return hs, nil // an init that needs a database is probed without it
+			}
 			switch attempts.Add(1) {
 			case 1:
 				return nil, errors.New("database down")
 			case 2:
 				panic("init exploded")
 			}
-			return []actor.Handler{actor.Handle(ping, func(context.Context, actor.Empty) (string, error) { return "pong", nil })}, nil
+			return hs, nil
 		}, actor.DefectRetryPolicy(actor.ExponentialBackoff(time.Second, time.Minute))))
 		start := time.Now()
 		_, err := actor.Call(context.Background(), rt, ping, "x", actor.Empty{})
@@ -636,16 +642,77 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-func TestNotImplemented(t *testing.T) {
-	rt := newRuntime(t, actor.Implement(Counter, func(*actor.Instance) ([]actor.Handler, error) {
-		return []actor.Handler{actor.Handle(GetValue, func(context.Context, actor.Empty) (int, error) { return 42, nil })}, nil
-	}))
-	if _, err := actor.Call(context.Background(), rt, Increment, "x", Amount{1}); !errors.Is(err, actor.ErrNotImplemented) {
-		t.Fatalf("got %v, want ErrNotImplemented", err)
+// Register checks a behaviour's handlers against the entity's RPCs, by
+// probing its init: a declared RPC without a handler, a handler for
+// another type's RPC, two handlers for one RPC, and an init that fails or
+// panics when probed each fail Register, naming the cause; the probe is
+// never activated and its finalizers do not run.
+func TestRegisterChecksHandlers(t *testing.T) {
+	getValue := actor.Handle(GetValue, func(context.Context, actor.Empty) (int, error) { return 42, nil })
+	increment := actor.Handle(Increment, func(_ context.Context, a Amount) (int, error) { return a.Amount, nil })
+	decrement := actor.Handle(Decrement, func(_ context.Context, a Amount) (int, error) { return -a.Amount, nil })
+	foreign := actor.Handle(Boom, func(context.Context, string) (int, error) { return 0, nil })
+	behavior := func(hs ...actor.Handler) *actor.Behavior {
+		return actor.Implement(Counter, func(*actor.Instance) ([]actor.Handler, error) { return hs, nil })
 	}
-	if got := mustCall(t, rt, GetValue, "x", actor.Empty{}); got != 42 {
-		t.Fatalf("GetValue = %d", got)
+	tests := []struct {
+		name string
+		b    *actor.Behavior
+		want string // "" for a valid behaviour
+	}{
+		{"complete", behavior(getValue, increment, decrement), ""},
+		{"missing rpc", behavior(getValue, decrement), "no handler for rpc Increment"},
+		{"another type's rpc", behavior(getValue, increment, decrement, foreign), "handler for rpc Boom of entity Fragile"},
+		{"two handlers for one rpc", behavior(getValue, increment, decrement, getValue), "two handlers for rpc GetValue"},
+		{"init fails when probed", actor.Implement(Counter, func(*actor.Instance) ([]actor.Handler, error) {
+			return nil, errors.New("database down")
+		}), "init failed when probed"},
+		{"init panics when probed", actor.Implement(Counter, func(*actor.Instance) ([]actor.Handler, error) {
+			panic("no database")
+		}), "init failed when probed"},
 	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rt, err := actor.New()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = rt.Shutdown(context.Background()) }()
+			err = rt.Register(tt.b)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Register = %v, want nil", err)
+				}
+				return
+			}
+			if !errors.Is(err, actor.ErrInvalidOption) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Register = %v, want ErrInvalidOption naming %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("probe", func(t *testing.T) {
+		var probes, inits, finals atomic.Int32
+		var probedID atomic.Value
+		rt := newRuntime(t, actor.Implement(Counter, func(self *actor.Instance) ([]actor.Handler, error) {
+			self.OnStop(func(context.Context) { finals.Add(1) })
+			if self.Probe() {
+				probes.Add(1)
+				probedID.Store(self.Address().ID)
+			} else {
+				inits.Add(1)
+			}
+			return []actor.Handler{getValue, increment, decrement}, nil
+		}))
+		if probes.Load() != 1 || inits.Load() != 0 || finals.Load() != 0 || probedID.Load() != "" {
+			t.Fatalf("after Register: %d probes (id %q), %d inits, %d finalizers; want 1 probe with an empty id, no init, no finalizer", probes.Load(), probedID.Load(), inits.Load(), finals.Load())
+		}
+		if got := mustCall(t, rt, GetValue, "x", actor.Empty{}); got != 42 {
+			t.Fatalf("GetValue = %d", got)
+		}
+		if probes.Load() != 1 || inits.Load() != 1 {
+			t.Fatalf("after a call: %d probes, %d inits; want 1 and 1", probes.Load(), inits.Load())
+		}
+	})
 }
 
 func TestInvalidOptions(t *testing.T) {
@@ -787,7 +854,9 @@ func TestInstanceStop(t *testing.T) {
 	var reasons []actor.StopReason
 	var mu sync.Mutex
 	b := actor.Implement(e, func(self *actor.Instance) ([]actor.Handler, error) {
-		inits.Add(1)
+		if !self.Probe() {
+			inits.Add(1)
+		}
 		self.OnStop(func(context.Context) { finals.Add(1) })
 		n := 0
 		return []actor.Handler{
@@ -945,7 +1014,7 @@ func TestGateAfterInit(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = rt.Shutdown(context.Background()) })
 	if err := rt.Register(actor.Implement(ent, func(self *actor.Instance) ([]actor.Handler, error) {
-		if inits.Add(1) == 1 {
+		if !self.Probe() && inits.Add(1) == 1 {
 			initEntered <- struct{}{}
 			<-initRelease
 		}

@@ -120,16 +120,19 @@ func New[S any](ctx context.Context, store *Store, entity *actor.Entity, spec Sp
 	}
 	return actor.Implement(entity, func(self *actor.Instance) ([]actor.Handler, error) {
 		e := newEntity(d, self.Address(), self)
+		hs := make([]actor.Handler, 0, len(spec.Handlers))
+		for _, h := range spec.Handlers {
+			hs = append(hs, h.bind(e))
+		}
+		if self.Probe() {
+			return hs, nil // Register's check: no state to load
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), store.cfg.LoadTimeout)
 		defer cancel()
 		if err := e.load(ctx); err != nil {
 			return nil, err
 		}
 		self.OnStop(e.stop)
-		hs := make([]actor.Handler, 0, len(spec.Handlers))
-		for _, h := range spec.Handlers {
-			hs = append(hs, h.bind(e))
-		}
 		return hs, nil
 	}, opts...), nil
 }

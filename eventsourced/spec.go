@@ -183,16 +183,19 @@ func New[S any](store *Store, entity *actor.Entity, spec Spec[S], opts ...actor.
 	}
 	return actor.Implement(entity, func(self *actor.Instance) ([]actor.Handler, error) {
 		e := newEntity(d, self.Address(), self)
+		hs := make([]actor.Handler, 0, len(d.handlers))
+		for _, h := range d.handlers {
+			hs = append(hs, h.bind(e))
+		}
+		if self.Probe() {
+			return hs, nil // Register's check: no history to replay
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), store.cfg.ActivationTimeout)
 		defer cancel()
 		if err := e.load(ctx, true); err != nil {
 			return nil, err
 		}
 		self.OnStop(e.stop)
-		hs := make([]actor.Handler, 0, len(d.handlers))
-		for _, h := range d.handlers {
-			hs = append(hs, h.bind(e))
-		}
 		return hs, nil
 	}, opts...), nil
 }

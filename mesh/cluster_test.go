@@ -813,15 +813,19 @@ func TestClusterLeaseLostDuringActivation(t *testing.T) {
 	release := make(chan struct{})
 	var ran atomic.Int32
 	slow := actor.Implement(SlowInit, func(self *actor.Instance) ([]actor.Handler, error) {
+		hs := []actor.Handler{actor.Handle(Touch, func(_ context.Context, v int) (int, error) {
+			ran.Add(1)
+			return v, nil
+		})}
+		if self.Probe() {
+			return hs, nil
+		}
 		select {
 		case entered <- struct{}{}:
 		default:
 		}
 		<-release // a state load whose reply comes late
-		return []actor.Handler{actor.Handle(Touch, func(_ context.Context, v int) (int, error) {
-			ran.Add(1)
-			return v, nil
-		})}, nil
+		return hs, nil
 	})
 	obs := &fenceObserver{lost: make(chan mesh.ShardID, 64), outcome: make(chan error, 1)}
 	c.runnerWith("a", 1, nil, obs, slow)

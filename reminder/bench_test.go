@@ -23,9 +23,15 @@ import (
 // benchReminders is how many reminders fall due in the same second.
 const benchReminders = 10000
 
-// Ping is a persisted RPC of Alarm for the DeliverAt baseline: its payload
-// is the due time in Unix nanoseconds.
-var Ping = actor.NewRPC[int64, actor.Empty](Alarm, "Ping", actor.Persisted())
+// The benchmark's own entity types: BenchAlarm handles reminders only,
+// Pinger's Ping is a persisted RPC for the DeliverAt baseline, its payload
+// the due time in Unix nanoseconds.
+var (
+	BenchAlarm  = actor.NewEntity("BenchAlarm")
+	BenchRemind = reminder.NewRPC(BenchAlarm)
+	Pinger      = actor.NewEntity("Pinger")
+	Ping        = actor.NewRPC[int64, actor.Empty](Pinger, "Ping", actor.Persisted())
+)
 
 // BenchmarkReminderFiring registers 10,000 one-shot reminders (one per
 // entity) due in the same second on one standalone runner and reports how
@@ -48,8 +54,8 @@ func BenchmarkReminderFiring(b *testing.B) {
 		)
 		var handled atomic.Int64
 		behavior := func(rem *reminder.Service) *actor.Behavior {
-			return actor.Implement(Alarm, func(self *actor.Instance) ([]actor.Handler, error) {
-				return []actor.Handler{rem.Handle(Remind, self, func(_ context.Context, t reminder.Tick) error {
+			return actor.Implement(BenchAlarm, func(self *actor.Instance) ([]actor.Handler, error) {
+				return []actor.Handler{rem.Handle(BenchRemind, self, func(_ context.Context, t reminder.Tick) error {
 					d := time.Since(t.Due)
 					mu.Lock()
 					late = append(late, d)
@@ -90,7 +96,7 @@ func BenchmarkReminderFiring(b *testing.B) {
 					// Spread over the second, as reminders set by many
 					// users would be.
 					at := due.Add(time.Duration(i) * time.Second / benchReminders)
-					if err := rem.Register(ctx, Remind, "e"+strconv.Itoa(i), "r", at); err != nil {
+					if err := rem.Register(ctx, BenchRemind, "e"+strconv.Itoa(i), "r", at); err != nil {
 						b.Error(err)
 						return
 					}
@@ -211,7 +217,7 @@ func deliverAtLateness(b *testing.B, url string, n int) [3]time.Duration {
 		late []time.Duration
 	)
 	r := meshtest.StartRunner(b, url, cfg, func(_ *nats.Conn, r *mesh.Runner) {
-		err := r.Register(actor.Implement(Alarm, func(*actor.Instance) ([]actor.Handler, error) {
+		err := r.Register(actor.Implement(Pinger, func(*actor.Instance) ([]actor.Handler, error) {
 			return []actor.Handler{actor.Handle(Ping, func(_ context.Context, due int64) (actor.Empty, error) {
 				d := time.Since(time.Unix(0, due))
 				mu.Lock()

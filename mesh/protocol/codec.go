@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -59,6 +60,21 @@ type jsonCodec struct{}
 func (jsonCodec) Name() string                    { return CodecJSON }
 func (jsonCodec) Marshal(v any) ([]byte, error)   { return json.Marshal(v) }
 func (jsonCodec) Unmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// UnmarshalStrict is Unmarshal refusing fields v's type does not have
+// (actor.StrictCodec); the error names the field. Runners decode JSON
+// requests with it.
+func (jsonCodec) UnmarshalStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(b[dec.InputOffset():])) > 0 {
+		return errors.New("json: data after the value")
+	}
+	return nil
+}
 
 type msgpackCodec struct{}
 

@@ -214,3 +214,26 @@ func validKVKey(k string) bool {
 	}
 	return true
 }
+
+// Strict JSON decoding accepts what Unmarshal accepts, less unknown fields:
+// the same value, and an error naming an unknown field.
+func FuzzStrictJSON(f *testing.F) {
+	f.Add([]byte(`{"amount":5}`))
+	f.Add([]byte(`{"amount":5,"extra":1}`))
+	f.Add([]byte(`{"amount":5} x`))
+	f.Add([]byte(`5}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		type amount struct {
+			Amount int `json:"amount"`
+		}
+		var loose, strict amount
+		lerr := JSON.Unmarshal(data, &loose)
+		serr := JSON.(actor.StrictCodec).UnmarshalStrict(data, &strict)
+		if serr == nil && (lerr != nil || loose != strict) {
+			t.Fatalf("strict accepted %q as %+v; Unmarshal: %+v, %v", data, strict, loose, lerr)
+		}
+		if serr != nil && lerr == nil && !strings.Contains(serr.Error(), "unknown field") {
+			t.Fatalf("strict refused %q (%v), which Unmarshal accepts, for another reason than an unknown field", data, serr)
+		}
+	})
+}
