@@ -33,6 +33,8 @@ type Client struct {
 
 	persistMu sync.Mutex
 	persist   *persistence // opened on the first persisted call
+
+	hosted hostedView // which types each group's runners host (hosted.go)
 }
 
 // NewClient returns a client on nc. It returns an error wrapping
@@ -174,10 +176,12 @@ func setDeadline(d time.Time, h nats.Header) {
 	h[protocol.HeaderTimeout] = []string{strconv.FormatInt(ms, 10)}
 }
 
-// requestRetry sends req and waits for its reply, retrying with backoff
-// while no runner serves the shard (no responders, or a runner answering
-// that it no longer serves it) until ctx ends.
-func (c *Client) requestRetry(ctx context.Context, req *nats.Msg) (*nats.Msg, error) {
+// requestRetry sends req, a call to an entity of entityType, and waits for
+// its reply, retrying with backoff while no runner serves the shard (no
+// responders, or a runner answering that it no longer serves it) until ctx
+// ends. No responders when no live runner hosts entityType fails at once
+// with ErrNotHosted.
+func (c *Client) requestRetry(ctx context.Context, entityType string, req *nats.Msg) (*nats.Msg, error) {
 	backoff := c.cfg.RetryBackoff
 	until, ok := ctx.Deadline()
 	if !ok {
@@ -189,11 +193,23 @@ func (c *Client) requestRetry(ctx context.Context, req *nats.Msg) (*nats.Msg, er
 		switch {
 		case err == nil:
 			code := reply.Header.Get(protocol.HeaderError)
+			if code == protocol.CodeUnknownEntity {
+				// Served by a runner that lacks the type: is it hosted
+				// anywhere? (Off the path of a call that succeeds.)
+				if herr := c.notHosted(ctx, entityType); herr != nil {
+					return nil, herr
+				}
+			}
 			if !protocol.Retryable(code) {
 				return reply, nil
 			}
 			last = &Error{Code: code, Message: "runner is not serving the shard"}
 		case errors.Is(err, nats.ErrNoResponders):
+			if last == nil { // the first time: is the type hosted at all?
+				if herr := c.notHosted(ctx, entityType); herr != nil {
+					return nil, herr
+				}
+			}
 			last = err
 		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
 			if last != nil {
@@ -321,7 +337,7 @@ func Call[Req, Resp any](ctx context.Context, c *Client, rpc actor.RPC[Req, Resp
 			return zero, err
 		}
 	}
-	reply, err := c.requestRetry(ctx, m)
+	reply, err := c.requestRetry(ctx, info.Entity().Name(), m)
 	if err != nil {
 		return zero, err
 	}

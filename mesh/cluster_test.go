@@ -289,6 +289,22 @@ func (c *testCluster) runner(id string, weight int, singletons map[string]func(c
 // than the Counter.
 func (c *testCluster) runnerWith(id string, weight int, singletons map[string]func(context.Context) error, obs mesh.Observer, extra ...*actor.Behavior) *mesh.Runner {
 	c.t.Helper()
+	return c.runnerHosting(id, weight, singletons, obs, append([]*actor.Behavior{counterBehavior(newHooks())}, extra...)...)
+}
+
+// runnerHosting starts a runner hosting exactly the given behaviours.
+func (c *testCluster) runnerHosting(id string, weight int, singletons map[string]func(context.Context) error, obs mesh.Observer, behaviors ...*actor.Behavior) *mesh.Runner {
+	c.t.Helper()
+	r, err := c.tryRunner(id, weight, singletons, obs, behaviors...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return r
+}
+
+// tryRunner is runnerHosting returning Start's error.
+func (c *testCluster) tryRunner(id string, weight int, singletons map[string]func(context.Context) error, obs mesh.Observer, behaviors ...*actor.Behavior) (*mesh.Runner, error) {
+	c.t.Helper()
 	nc, err := nats.Connect(c.url)
 	if err != nil {
 		c.t.Fatal(err)
@@ -306,7 +322,7 @@ func (c *testCluster) runnerWith(id string, weight int, singletons map[string]fu
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	for _, b := range append([]*actor.Behavior{counterBehavior(newHooks())}, extra...) {
+	for _, b := range behaviors {
 		if err := r.Register(b); err != nil {
 			c.t.Fatal(err)
 		}
@@ -317,13 +333,14 @@ func (c *testCluster) runnerWith(id string, weight int, singletons map[string]fu
 		}
 	}
 	if err := r.Start(context.Background()); err != nil {
-		c.t.Fatal(err)
+		nc.Close()
+		return nil, err
 	}
 	c.mu.Lock()
 	c.runners[id] = r
 	c.mu.Unlock()
 	c.t.Cleanup(func() { c.stop(id); nc.Close() })
-	return r
+	return r, nil
 }
 
 // stop shuts a runner down gracefully.

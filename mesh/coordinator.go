@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -28,12 +30,14 @@ type coordinator struct {
 	*env
 	host coordHost
 	st   *stores
-	reg  *jetstream.Keeper // registration; replaced when lost
+	solo bool              // standalone: every shard, no manager (standalone.go)
+	reg  *jetstream.Keeper // registration, or the standalone lease; replaced when lost
 
 	stop     chan struct{} // closed by shutdown
 	done     chan struct{} // closed when loop returns
 	wake     chan struct{}
 	stopOnce sync.Once
+	looping  atomic.Bool // start was called
 
 	mu      sync.Mutex
 	desired map[ShardID]bool
@@ -42,9 +46,12 @@ type coordinator struct {
 	owned     map[ShardID]*heldShard
 	// byPart mirrors owned by actor partition (shardSpace.index), read
 	// without the lock by valid on every message.
-	byPart   []atomic.Pointer[heldShard]
-	leaving  bool // deregistered: acquire nothing more
-	synced   bool // the assignments were read once
+	byPart  []atomic.Pointer[heldShard]
+	leaving bool // deregistered: acquire nothing more
+	synced  bool // the assignments were read once
+	// refused holds, by group, the entity types this runner lacks, when
+	// the shard manager refuses it the group's shards (hosting.go).
+	refused  map[string][]string
 	handoffs sync.WaitGroup
 }
 
@@ -67,20 +74,31 @@ func newCoordinator(ctx context.Context, e *env, host coordHost) (*coordinator, 
 		return nil, err
 	}
 	c := &coordinator{
-		env: e, host: host, st: st,
+		env: e, host: host, st: st, solo: e.cfg.Standalone,
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		wake:      make(chan struct{}, 1),
 		desired:   map[ShardID]bool{},
 		assignRev: map[string]uint64{},
 		owned:     map[ShardID]*heldShard{},
+		refused:   map[string][]string{},
 		byPart:    make([]atomic.Pointer[heldShard], e.space.size()),
+	}
+	sctx, cancel := jetstream.SetupContext(ctx)
+	defer cancel()
+	if c.solo {
+		if err := c.claimStandalone(sctx); err != nil {
+			return nil, err
+		}
+		return c, nil
 	}
 	// Retried: a runner started while its NATS cluster elects leaders (a
 	// server restarting) would otherwise exit on the first timeout.
-	sctx, cancel := jetstream.SetupContext(ctx)
-	defer cancel()
 	if err := jetstream.Setup(sctx, "register", c.register); err != nil {
+		return nil, err
+	}
+	if err := c.standaloneLive(sctx); err != nil {
+		_ = c.reg.Release(context.WithoutCancel(sctx))
 		return nil, err
 	}
 	return c, nil
@@ -97,7 +115,24 @@ func (c *coordinator) register(ctx context.Context) error {
 	return nil
 }
 
-func (c *coordinator) start() { go c.loop() }
+func (c *coordinator) start() {
+	c.looping.Store(true)
+	go c.loop()
+}
+
+// waitLoop waits for the loop to end, if it was started, or for ctx; it
+// reports whether the loop ended.
+func (c *coordinator) waitLoop(ctx context.Context) bool {
+	if !c.looping.Load() {
+		return true
+	}
+	select {
+	case <-c.done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
 
 func (c *coordinator) poke() {
 	select {
@@ -134,7 +169,7 @@ func (c *coordinator) loop() {
 	defer tick.Stop()
 	for {
 		// (Re)establish the watches; a failed watch is retried each tick.
-		if aw == nil {
+		if aw == nil && !c.solo {
 			if w, err := c.st.assignments.WatchAll(ctx); err == nil {
 				aw, updates = w, w.Updates()
 			} else if ctx.Err() == nil {
@@ -177,7 +212,9 @@ func (c *coordinator) loop() {
 		case <-c.wake:
 		case <-tick.C:
 			c.keepRegistered(ctx)
-			c.rereadAssignments(ctx)
+			if !c.solo {
+				c.rereadAssignments(ctx)
+			}
 		}
 		c.reconcile(ctx)
 	}
@@ -200,60 +237,12 @@ func (c *coordinator) keepRegistered(ctx context.Context) {
 	c.log.Warn("registration lost; registering again", "err", c.reg.Err())
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.RefreshAssignmentsInterval)
 	defer cancel()
-	if err := c.register(rctx); err != nil {
+	register := c.register
+	if c.solo {
+		register = c.reclaimStandalone
+	}
+	if err := register(rctx); err != nil {
 		c.log.Warn("register", "err", err)
-	}
-}
-
-// rereadAssignments reads each group's assignment: the watch can lag or,
-// after a NATS server is lost, stall without closing, and a runner that
-// misses its new assignment serves nothing while it is healthy. A newer
-// revision than the last one seen is applied as the watch would.
-func (c *coordinator) rereadAssignments(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.RefreshAssignmentsInterval)
-	defer cancel()
-	for g := range c.space.groups {
-		e, err := c.st.assignments.Get(ctx, g)
-		if err != nil {
-			continue // none yet, or NATS unreachable: the watch and the next tick
-		}
-		c.mu.Lock()
-		newer := e.Revision() > c.assignRev[g]
-		c.mu.Unlock()
-		if newer {
-			c.log.Info("assignment found by re-reading", "group", g, "revision", e.Revision())
-			c.onAssignment(e)
-		}
-	}
-}
-
-// onAssignment records which shards of a group are assigned to this runner.
-func (c *coordinator) onAssignment(e natsjs.KeyValueEntry) {
-	group := e.Key()
-	if _, ok := c.space.groups[group]; !ok {
-		return
-	}
-	var a Assignment
-	if e.Operation() == natsjs.KeyValuePut {
-		var err error
-		if a, err = decodeAssignment(e.Value()); err != nil {
-			c.log.Error("ignoring assignment", "group", group, "err", err)
-			return
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e.Revision() < c.assignRev[group] {
-		return // older than what the watch or a re-read already gave
-	}
-	c.assignRev[group] = e.Revision()
-	for n := range c.cfg.ShardsPerGroup {
-		s := ShardID{Group: group, N: n}
-		if n < len(a.Shards) && a.Shards[n] == c.id {
-			c.desired[s] = true
-		} else {
-			delete(c.desired, s)
-		}
 	}
 }
 
@@ -367,6 +356,13 @@ func (c *coordinator) shutdown(ctx context.Context) {
 	c.mu.Lock()
 	c.leaving = true
 	c.mu.Unlock()
+	if c.solo {
+		// Nobody takes the shards over: the runner stops them all at once
+		// (Runner.Shutdown) and releases their leases after (releaseAll).
+		c.stopOnce.Do(func() { close(c.stop) })
+		c.waitLoop(ctx)
+		return
+	}
 	if err := c.reg.Release(ctx); err != nil && !errors.Is(err, jetstream.ErrLeaseLost) {
 		c.log.Warn("deregister", "err", err)
 	}
@@ -384,9 +380,7 @@ func (c *coordinator) shutdown(ctx context.Context) {
 		break
 	}
 	c.stopOnce.Do(func() { close(c.stop) })
-	select {
-	case <-c.done:
-	case <-ctx.Done():
+	if !c.waitLoop(ctx) {
 		return
 	}
 	c.mu.Lock()
@@ -447,16 +441,32 @@ func (c *coordinator) dropOwned(s ShardID, h *heldShard) {
 
 // settled reports whether the runner has read the assignment and holds the
 // lease of every shard assigned to it.
-func (c *coordinator) settled() bool {
+func (c *coordinator) settled() bool { return c.unsettled() == nil }
+
+// unsettled says why the runner does not yet serve what it should: the
+// assignments not read yet, leaving, refused a group's shards, or leases
+// of assigned shards not held yet; nil when it does.
+func (c *coordinator) unsettled() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.synced || c.leaving {
-		return false
+	switch {
+	case !c.synced:
+		return errors.New("assignments not read yet")
+	case c.leaving:
+		return errors.New("leaving the cluster")
 	}
+	if len(c.refused) > 0 {
+		g := slices.Min(slices.Collect(maps.Keys(c.refused)))
+		return fmt.Errorf("refused the shards of group %s: lacks entity types %s, which the group's other runners host", g, strings.Join(c.refused[g], ", "))
+	}
+	waiting := 0
 	for s := range c.desired {
 		if h := c.owned[s]; h == nil || h.leaving {
-			return false
+			waiting++
 		}
 	}
-	return true
+	if waiting > 0 {
+		return fmt.Errorf("acquiring the leases of %d assigned shards", waiting)
+	}
+	return nil
 }

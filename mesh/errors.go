@@ -36,6 +36,10 @@ var (
 	ErrStreamBroken = errors.New("mesh: stream broken")
 )
 
+// errUnknownEntity is actor.ErrUnknownEntity, for declarations in this
+// package.
+var errUnknownEntity = actor.ErrUnknownEntity
+
 // codes maps each sentinel to its wire code, in matching order.
 var codes = []struct {
 	err  error

@@ -96,12 +96,16 @@ func parseCall(cs protocol.CallSubject, h nats.Header, cfg *ClientConfig, now ti
 }
 
 // fits checks the request against the RPC it names (nil: not hosted here;
-// the runtime refuses it): a stream request for a unary RPC is refused, and
-// a streaming RPC needs a reply subject for its chunks.
-func (c *inboundCall) fits(info actor.RPCInfo, reply string) error {
+// the runtime refuses it): a persisted RPC is not taken by request/reply
+// (it would run unstored, undeduplicated), a stream request for a unary
+// RPC is refused, and a streaming RPC needs a reply subject for its chunks.
+func (c *inboundCall) fits(info actor.RPCInfo, reply string, subj protocol.Subjects) error {
 	switch {
 	case info == nil:
 		return nil
+	case info.Persisted():
+		return fmt.Errorf("%w: %s.%s is a persisted rpc: send it through the persisted-message stream (a JetStream publish to %s with Nats-Msg-Id and Mesh-Msg-Id; docs/protocol.md, \"Persisted messages\"), not by request/reply, which would run it without storing or deduplicating it",
+			ErrBadRequest, c.entityType, c.rpc, subj.Persist(c.shard, c.entityType, c.rpc))
 	case c.window != "" && info.Kind() != actor.Streaming:
 		return fmt.Errorf("%w: %s.%s is not a streaming rpc", ErrBadRequest, c.entityType, c.rpc)
 	case info.Kind() == actor.Streaming && reply == "":
@@ -128,7 +132,7 @@ func (r *Runner) handle(m *nats.Msg, cs protocol.CallSubject) {
 		return
 	}
 	info := r.rpcInfo(c.entityType, c.rpc)
-	if err := c.fits(info, m.Reply); err != nil {
+	if err := c.fits(info, m.Reply, r.subj); err != nil {
 		r.out.refuse(m, c.codec, info, err)
 		return
 	}

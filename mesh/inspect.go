@@ -18,8 +18,14 @@ import (
 type ClusterStatus struct {
 	// Manager is the leading shard manager's id ("" when none leads).
 	Manager string `json:"manager"`
+	// Standalone is the standalone runner serving the prefix, if one does
+	// (it is then in Runners too).
+	Standalone string `json:"standalone,omitempty"`
 	// Runners are the registered runners, by id.
 	Runners []RunnerStatus `json:"runners"`
+	// Refused are the runners the shard manager gives none of a group's
+	// shards, because they lack some of the group's entity types.
+	Refused []GroupRefusal `json:"refused"`
 	// Shards lists every shard of every group.
 	Shards []ShardStatus `json:"shards"`
 	// Singletons lists the singletons the runners registered.
@@ -45,6 +51,12 @@ type ShardStatus struct {
 	LeaseRevision uint64 `json:"leaseRevision,omitempty"`
 }
 
+// GroupRefusal is a runner refused a group's shards (Refusal).
+type GroupRefusal struct {
+	Group string `json:"group"`
+	Refusal
+}
+
 // SingletonStatus is where a singleton runs: the holder of its shard.
 type SingletonStatus struct {
 	Name   string  `json:"name"`
@@ -61,30 +73,26 @@ func Inspect(ctx context.Context, nc *nats.Conn, cfg Config) (*ClusterStatus, er
 	if err != nil {
 		return nil, err
 	}
-	out := &ClusterStatus{}
+	out := &ClusterStatus{Runners: []RunnerStatus{}, Refused: []GroupRefusal{}, Singletons: []SingletonStatus{}}
 	if holder, _, err := st.leases.Holder(ctx, managerKey); err == nil {
 		out.Manager = holder
 	} else if !errors.Is(err, jetstream.ErrNoLease) {
 		return nil, err
 	}
 
-	registered, err := snapshot(ctx, st.runners)
+	infos, solo, err := registrations(ctx, st)
 	if err != nil {
 		return nil, err
 	}
+	out.Standalone = solo
 	leases, err := snapshot(ctx, st.leases, "shard.>")
 	if err != nil {
 		return nil, err
 	}
 	byRunner := map[string]*RunnerStatus{}
 	singletons := map[string]bool{}
-	for _, ev := range registered {
-		var info RunnerInfo
-		if json.Unmarshal(ev.Meta, &info) != nil || info.ID != ev.Key {
-			continue // not a registration (the shard manager ignores it too)
-		}
-		rs := &RunnerStatus{RunnerInfo: info}
-		byRunner[ev.Key] = rs
+	for id, info := range infos {
+		byRunner[id] = &RunnerStatus{RunnerInfo: info}
 		for _, s := range info.Singletons {
 			singletons[s] = true
 		}
@@ -99,6 +107,9 @@ func Inspect(ctx context.Context, nc *nats.Conn, cfg Config) (*ClusterStatus, er
 		a, _, err := st.readAssignment(ctx, g)
 		if err != nil {
 			return nil, err
+		}
+		for _, r := range a.Refused {
+			out.Refused = append(out.Refused, GroupRefusal{Group: g, Refusal: r})
 		}
 		for n := range cfg.ShardsPerGroup {
 			s := ShardID{Group: g, N: n}
@@ -128,6 +139,35 @@ func Inspect(ctx context.Context, nc *nats.Conn, cfg Config) (*ClusterStatus, er
 	}
 	slices.SortFunc(out.Singletons, func(a, b SingletonStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
+}
+
+// registrations returns the live runners' registrations by id: the
+// registry's, and a standalone runner's, whose registration is its
+// standalone lease (solo names it).
+func registrations(ctx context.Context, st *stores) (infos map[string]RunnerInfo, solo string, err error) {
+	registered, err := snapshot(ctx, st.runners)
+	if err != nil {
+		return nil, "", err
+	}
+	standalone, err := snapshot(ctx, st.leases, standaloneKey)
+	if err != nil {
+		return nil, "", err
+	}
+	infos = map[string]RunnerInfo{}
+	for _, ev := range registered {
+		var info RunnerInfo
+		if json.Unmarshal(ev.Meta, &info) != nil || info.ID != ev.Key {
+			continue // not a registration (the shard manager ignores it too)
+		}
+		infos[ev.Key] = info
+	}
+	if ev, ok := standalone[standaloneKey]; ok {
+		var info RunnerInfo
+		if json.Unmarshal(ev.Meta, &info) == nil && info.ID == ev.Holder {
+			infos[info.ID], solo = info, info.ID
+		}
+	}
+	return infos, solo, nil
 }
 
 // snapshot returns the keys currently held in a lease bucket.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -274,11 +273,6 @@ func (t *term) checkSuspects(ctx context.Context) {
 // rebalance recomputes each group's assignment and writes the ones that
 // changed, with compare-and-set so a deposed leader's write is refused.
 func (t *term) rebalance(ctx context.Context) {
-	runners := make([]assign.Runner, 0, len(t.live))
-	for id, info := range t.live {
-		runners = append(runners, assign.Runner{ID: id, Weight: info.Weight})
-	}
-	slices.SortFunc(runners, func(a, b assign.Runner) int { return strings.Compare(a.ID, b.ID) })
 	for _, g := range t.m.cfg.ShardGroups {
 		if !t.k.Lease().Valid(time.Now()) {
 			return
@@ -293,11 +287,11 @@ func (t *term) rebalance(ctx context.Context) {
 			cur = current{a: a, rev: rev, ok: true}
 			t.current[g] = cur
 		}
-		next := assign.Compute(t.m.cfg.ShardsPerGroup, runners, cur.a.Shards)
-		if slices.Equal(next, cur.a.Shards) {
+		next, ok := t.next(g, cur.a)
+		if !ok {
 			continue
 		}
-		a := Assignment{Group: g, Shards: next, Manager: t.m.id, Updated: time.Now().UTC()}
+		a := Assignment{Group: g, Shards: next.Shards, Manager: t.m.id, Updated: time.Now().UTC(), Types: next.Types, Refused: next.Refused}
 		b, _ := json.Marshal(a)
 		var rev uint64
 		var err error
@@ -314,8 +308,39 @@ func (t *term) rebalance(ctx context.Context) {
 			continue
 		}
 		t.current[g] = current{a: a, rev: rev, ok: true}
-		t.m.log.Info("assignment updated", "group", g, "runners", len(runners), "moved", len(assign.Moves(cur.a.Shards, next)))
+		t.m.log.Info("assignment updated", "group", g, "runners", len(a.Shards), "moved", len(assign.Moves(cur.a.Shards, next.Shards)))
 	}
+}
+
+// next computes group g's assignment from the live runners that may serve
+// it (hosting.go) and reports whether it differs from cur. Refusals are
+// logged when they change.
+func (t *term) next(g string, cur Assignment) (Assignment, bool) {
+	plan := planGroup(g, t.live, t.m.cfg.groupOf)
+	next := Assignment{Shards: cur.Shards, Types: plan.types, Refused: plan.refused}
+	if plan.conflict {
+		if !slices.EqualFunc(cur.Refused, plan.refused, refusalEqual) {
+			t.m.log.Error("no runner hosts every entity type of the group: its assignment is kept as it was", "group", g, "types", plan.types, "refused", plan.refused)
+		}
+	} else {
+		runners := make([]assign.Runner, 0, len(plan.servers))
+		for _, id := range plan.servers {
+			runners = append(runners, assign.Runner{ID: id, Weight: t.live[id].Weight})
+		}
+		next.Shards = assign.Compute(t.m.cfg.ShardsPerGroup, runners, cur.Shards)
+		for _, r := range plan.refused {
+			if !slices.ContainsFunc(cur.Refused, func(c Refusal) bool { return refusalEqual(c, r) }) {
+				t.m.log.Error("runner refused the group's shards: it lacks entity types the group's other runners host", "group", g, "runner", r.Runner, "missing", r.Missing)
+			}
+		}
+	}
+	same := slices.Equal(next.Shards, cur.Shards) && slices.Equal(next.Types, cur.Types) && (cur.Types != nil || next.Types == nil) &&
+		slices.EqualFunc(next.Refused, cur.Refused, refusalEqual)
+	return next, !same
+}
+
+func refusalEqual(a, b Refusal) bool {
+	return a.Runner == b.Runner && slices.Equal(a.Missing, b.Missing)
 }
 
 // String describes an assignment briefly, for logs and meshctl.

@@ -118,7 +118,9 @@ func busyBehavior(h *hooks) *actor.Behavior {
 }
 
 func testConfig() mesh.Config {
-	cfg := mesh.DefaultConfig()
+	// Short leases: a standalone runner holds every shard's lease, and one
+	// restarted after a crash waits for its predecessor's to expire.
+	cfg := mesh.DefaultConfig().FastFailover()
 	cfg.ShardsPerGroup = 16
 	cfg.CallTimeout = 5 * time.Second
 	cfg.Standalone = true

@@ -166,3 +166,43 @@ func waitUntil(d time.Duration, cond func() bool) bool {
 	}
 	return cond()
 }
+
+// A call on the route subject, forwarded by the runner that takes it to
+// the one that serves its shard, is counted by the forwarding runner's
+// client as any call it sends.
+func TestRouteCallsObserved(t *testing.T) {
+	cfg := clusterConfig()
+	c := newTestCluster(t, cfg)
+	c.manager()
+	recs := []*recorder{{}, {}}
+	c.runnerWith("r1", 1, nil, recs[0])
+	c.runnerWith("r2", 1, nil, recs[1])
+	c.waitBalanced(map[string]int{"r1": cfg.ShardsPerGroup / 2, "r2": cfg.ShardsPerGroup / 2})
+	nc, _ := c.jetStream()
+	// Each call is taken by either runner (a queue group), so about half
+	// are forwarded: that none is, of 64, has a chance of 2^-64.
+	const calls = 64
+	for i := range calls {
+		m := nats.NewMsg(protocol.Subjects{Prefix: cfg.Prefix}.Route("Counter", "Increment"))
+		m.Data = []byte(`{"amount":2}`)
+		protocol.SetID(m.Header, fmt.Sprint("routed-", i))
+		m.Header.Set(protocol.HeaderCodec, protocol.CodecJSON)
+		reply, err := nc.RequestMsg(m, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := reply.Header.Get(protocol.HeaderError); code != "" || string(reply.Data) != "2" {
+			t.Fatalf("route call %d: %q (error %q)", i, reply.Data, code)
+		}
+	}
+	sent := func() int { return recs[0].count("sent Counter.Increment ") + recs[1].count("sent Counter.Increment ") }
+	received := func() int {
+		return recs[0].count("received Counter.Increment trace=Counter.Increment") + recs[1].count("received Counter.Increment trace=Counter.Increment")
+	}
+	// A forwarded call carries the trace its CallSent set; a call taken by
+	// its shard's runner has none.
+	if !waitUntil(5*time.Second, func() bool { return sent() > 0 && sent() == received() }) || sent() > calls {
+		t.Fatalf("%d forwarded calls observed as sent, %d received with their trace", sent(), received())
+	}
+	t.Logf("%d of %d route calls forwarded", sent(), calls)
+}

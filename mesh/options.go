@@ -18,6 +18,8 @@ type options struct {
 	log     *slog.Logger
 	obs     Observer
 	runtime []actor.RuntimeOption
+	version string
+	schemas SchemaFunc
 	hooks   *hooks // tests only (export_test.go); nil in production
 }
 
@@ -56,6 +58,32 @@ func WithRuntimeOptions(opts ...actor.RuntimeOption) Option {
 	}
 }
 
+// WithVersion names the build a runner runs, for its registration
+// (meshctl status shows it; a rolling upgrade shows two); default Version.
+func WithVersion(v string) Option {
+	return func(o *options) error {
+		if v == "" || len(v) > 128 {
+			return fmt.Errorf("%w: WithVersion(%q): want 1 to 128 bytes", ErrInvalidOption, v)
+		}
+		o.version = v
+		return nil
+	}
+}
+
+// WithSchemas gives a runner the JSON Schemas of its payload types, which
+// it publishes with the descriptions of its entity types (TypeInfo): for
+// meshctl types and the gateway's OpenAPI document. Package mesh/schema
+// has one (schema.Of).
+func WithSchemas(fn SchemaFunc) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return fmt.Errorf("%w: WithSchemas(nil)", ErrInvalidOption)
+		}
+		o.schemas = fn
+		return nil
+	}
+}
+
 // applyOptions checks opts for a constructor; runtime options are refused
 // where there is no runtime (what names the constructor).
 func applyOptions(what string, runner bool, opts []Option) (options, error) {
@@ -68,8 +96,11 @@ func applyOptions(what string, runner bool, opts []Option) (options, error) {
 			return o, fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	if len(o.runtime) > 0 && !runner {
-		return o, fmt.Errorf("%w: %s: WithRuntimeOptions applies to runners only", ErrInvalidOption, what)
+	if !runner && (len(o.runtime) > 0 || o.version != "" || o.schemas != nil) {
+		return o, fmt.Errorf("%w: %s: WithRuntimeOptions, WithVersion and WithSchemas apply to runners only", ErrInvalidOption, what)
+	}
+	if o.version == "" {
+		o.version = Version
 	}
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)

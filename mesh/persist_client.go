@@ -88,6 +88,11 @@ func (c *Client) publishPersisted(ctx context.Context, entityType, rpc string, c
 	if max := c.nc.MaxPayload(); max > 0 && int64(len(payload)) > max {
 		return "", false, fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(payload), max)
 	}
+	// Not stored for a type no runner hosts: the caller learns it now,
+	// rather than its message waiting for a runner that may never come.
+	if err := c.notHosted(ctx, entityType); err != nil {
+		return "", false, err
+	}
 	msgID := o.msgID
 	if msgID == "" {
 		msgID = nuid.Next()

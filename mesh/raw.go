@@ -78,7 +78,7 @@ func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
 		setTimeout(ctx, m.Header)
 		done := c.callSent(ctx, call.EntityType, call.RPC, m.Header)
 		var err error
-		reply, err = c.requestRetry(ctx, m)
+		reply, err = c.requestRetry(ctx, call.EntityType, m)
 		done(replyErr(reply, err))
 		if err != nil {
 			return nil, err

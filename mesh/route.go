@@ -63,7 +63,10 @@ func (r *Runner) forward(m *nats.Msg, shard ShardID, entityType, rpc string) {
 	for k, v := range m.Header {
 		req.Header[k] = v
 	}
-	reply, err := r.client.requestRetry(ctx, req)
+	// Counted as a call of the runner's client, like any other it makes.
+	done := r.client.callSent(ctx, entityType, rpc, req.Header)
+	reply, err := r.client.requestRetry(ctx, entityType, req)
+	done(replyErr(reply, err))
 	if m.Reply == "" {
 		return
 	}

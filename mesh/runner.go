@@ -27,9 +27,11 @@ import (
 // (singleton.go).
 type Runner struct {
 	env
-	rt     *actor.Runtime
-	client *Client // forwards calls that arrive on the route subject
-	out    *outbox
+	rt      *actor.Runtime
+	client  *Client // forwards calls that arrive on the route subject
+	out     *outbox
+	schemas SchemaFunc // nil: types are described without schemas
+	types   []TypeInfo // the hosted entity types, described at Start
 
 	// Every shard subscription feeds inbox; one dispatcher goroutine hands
 	// the messages to entity mailboxes (which never blocks). That keeps each
@@ -42,31 +44,33 @@ type Runner struct {
 	stopDispatch chan struct{}
 	dispatchDone chan struct{}
 
-	mu         sync.Mutex
-	shards     map[ShardID]*nats.Subscription
-	routeSub   *nats.Subscription
-	pingSub    *nats.Subscription
-	singletons map[string]*singleton
-	coord      *coordinator // nil when standalone
-	persist    *persistence
-	pc         *persistConsumer // nil unless a hosted entity has persisted rpcs
-	started    bool
-	running    atomic.Bool                 // Start returned without error
-	coordp     atomic.Pointer[coordinator] // coord, for the dispatch path without r.mu
-	closed     bool
+	mu          sync.Mutex
+	shards      map[ShardID]*nats.Subscription
+	routeSub    *nats.Subscription
+	pingSub     *nats.Subscription
+	singletons  map[string]*singleton
+	coord       *coordinator // nil when standalone
+	persist     *persistence
+	pc          *persistConsumer // nil unless a hosted entity has persisted rpcs
+	started     bool
+	dispatching bool                        // the dispatcher runs (listen)
+	running     atomic.Bool                 // Start returned without error
+	coordp      atomic.Pointer[coordinator] // coord, for the dispatch path without r.mu
+	closed      bool
 }
 
 // env is what a runner's parts share: its connection, settings and
 // identity, and where it reports. Set by NewRunner, read-only after.
 type env struct {
-	nc    *nats.Conn
-	cfg   Config
-	id    string
-	subj  protocol.Subjects
-	space shardSpace
-	log   *slog.Logger // names the runner
-	obs   Observer     // nil: none
-	hooks *hooks       // nil in production
+	nc      *nats.Conn
+	cfg     Config
+	id      string
+	subj    protocol.Subjects
+	space   shardSpace
+	log     *slog.Logger // names the runner
+	obs     Observer     // nil: none
+	version string       // the build (WithVersion)
+	hooks   *hooks       // nil in production
 }
 
 // NewRunner returns a runner on nc that serves no shard yet. Register
@@ -87,12 +91,14 @@ func NewRunner(nc *nats.Conn, cfg Config, opts ...Option) (*Runner, error) {
 	r := &Runner{
 		env: env{
 			nc: nc, cfg: cfg, id: id,
-			subj:  protocol.Subjects{Prefix: cfg.Prefix},
-			space: newShardSpace(&cfg.ClientConfig),
-			log:   o.log.With("runner", id),
-			obs:   o.obs,
-			hooks: o.hooks,
+			subj:    protocol.Subjects{Prefix: cfg.Prefix},
+			space:   newShardSpace(&cfg.ClientConfig),
+			log:     o.log.With("runner", id),
+			obs:     o.obs,
+			version: o.version,
+			hooks:   o.hooks,
 		},
+		schemas:      o.schemas,
 		shards:       map[ShardID]*nats.Subscription{},
 		singletons:   map[string]*singleton{},
 		wallNow:      time.Now,
@@ -163,9 +169,16 @@ func (r *Runner) Register(b *actor.Behavior) error {
 
 // Start joins the cluster: the runner registers itself, then serves the
 // shards the shard manager assigns it once it holds their leases (see
-// docs/operations.md). With Config.Standalone it serves every shard at once
-// instead, with no coordination. Either way it also takes calls on the route
-// subjects (no client-side hashing) and answers health pings.
+// docs/operations.md). With Config.Standalone it takes every shard's lease
+// itself, before Start returns, with no shard manager. Either way it also
+// takes calls on the route subjects (no client-side hashing) and answers
+// health pings.
+//
+// A standalone runner refuses to start where a cluster of its prefix is
+// live on the NATS account, and a cluster's runner where a standalone one
+// serves (standalone.go): the error says what it found.
+//
+// A Start that fails leaves nothing running: it has shut the runner down.
 func (r *Runner) Start(ctx context.Context) error {
 	r.mu.Lock()
 	if r.closed {
@@ -178,6 +191,22 @@ func (r *Runner) Start(ctx context.Context) error {
 	}
 	r.started = true
 	r.mu.Unlock()
+	if err := r.start(ctx); err != nil {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.EntityTerminationTimeout)
+		defer cancel()
+		if serr := r.Shutdown(sctx); serr != nil {
+			r.log.Warn("shut down after a failed start", "err", serr)
+		}
+		return err
+	}
+	return nil
+}
+
+// start is Start's work once the runner is marked started.
+func (r *Runner) start(ctx context.Context) error {
+	for _, e := range r.rt.Entities() {
+		r.types = append(r.types, describe(e, r.cfg.groupOf(e.Name()), r.schemas))
+	}
 	// Persisted messages cost a durable consumer: only runners hosting an
 	// RPC declared Persisted pay for it.
 	if r.hostsPersisted() {
@@ -193,25 +222,23 @@ func (r *Runner) Start(ctx context.Context) error {
 	if err := r.listen(); err != nil {
 		return err
 	}
-	if !r.cfg.Standalone {
-		coord, err := newCoordinator(ctx, &r.env, r)
-		if err != nil {
+	coord, err := newCoordinator(ctx, &r.env, r)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.coord = coord
+	r.coordp.Store(coord)
+	r.mu.Unlock()
+	coord.publishTypes(ctx, r.types)
+	if r.cfg.Standalone {
+		// Every shard before Start returns, as the caller expects of a
+		// runner that needs nobody else.
+		if err := coord.acquireAll(ctx); err != nil {
 			return err
 		}
-		r.mu.Lock()
-		r.coord = coord
-		r.coordp.Store(coord)
-		r.mu.Unlock()
-		coord.start()
-		return r.startDone(ctx)
 	}
-	for _, g := range r.cfg.ShardGroups {
-		for n := range r.cfg.ShardsPerGroup {
-			if err := r.serveShard(ShardID{Group: g, N: n}); err != nil {
-				return err
-			}
-		}
-	}
+	coord.start()
 	return r.startDone(ctx)
 }
 
@@ -220,6 +247,7 @@ func (r *Runner) Start(ctx context.Context) error {
 func (r *Runner) listen() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.dispatching = true
 	go r.dispatch()
 	sub, err := r.nc.QueueSubscribe(r.subj.RouteAll(), r.cfg.Prefix+"-route", r.onRoute)
 	if err != nil {
@@ -269,9 +297,11 @@ func (r *Runner) flush(ctx context.Context) error {
 // registration is what the runner registers in the cluster (coordHost).
 func (r *Runner) registration() RunnerInfo {
 	host, _ := os.Hostname()
-	info := RunnerInfo{ID: r.id, Weight: r.cfg.RunnerWeight, Version: Version, Host: host, Started: time.Now().UTC()}
-	for _, e := range r.rt.Entities() {
-		info.EntityTypes = append(info.EntityTypes, e.Name())
+	info := RunnerInfo{ID: r.id, Weight: r.cfg.RunnerWeight, Version: r.version, Protocol: protocol.Version, Host: host, Started: time.Now().UTC(),
+		EntityTypes: []string{}, Types: []HostedType{}}
+	for _, t := range r.types {
+		info.EntityTypes = append(info.EntityTypes, t.Name)
+		info.Types = append(info.Types, HostedType{Name: t.Name, Group: t.Group, Fingerprint: t.Fingerprint})
 	}
 	r.mu.Lock()
 	for name := range r.singletons {
@@ -300,17 +330,29 @@ func (r *Runner) deliver(ctx context.Context, addr actor.Address, rpc string, co
 func (r *Runner) wallClock() time.Time { return r.wallNow() }
 
 // Ready reports whether the runner serves what it should: started, not
-// shutting down, connected to NATS, and, in a cluster, holding the lease of
-// every shard the shard manager assigned to it (a runner assigned nothing,
-// because no manager runs yet, is ready). Fit for a readiness probe.
-func (r *Runner) Ready() bool {
+// shutting down, connected to NATS, and, in a cluster, not refused a shard
+// group's shards (it lacks entity types the group's other runners host)
+// and holding the lease of every shard the shard manager assigned to it (a
+// runner assigned nothing, because no manager runs yet, is ready). Fit for
+// a readiness probe; NotReady says why not.
+func (r *Runner) Ready() bool { return r.NotReady() == nil }
+
+// NotReady returns why the runner is not Ready, or nil.
+func (r *Runner) NotReady() error {
 	r.mu.Lock()
 	started, closed, coord := r.running.Load(), r.closed, r.coord
 	r.mu.Unlock()
-	if !started || closed || !r.nc.IsConnected() {
-		return false
+	switch {
+	case closed:
+		return errors.New("shutting down")
+	case !started:
+		return errors.New("not started")
+	case !r.nc.IsConnected():
+		return fmt.Errorf("not connected to NATS (%s)", r.nc.Status())
+	case coord != nil:
+		return coord.unsettled()
 	}
-	return coord == nil || coord.settled()
+	return nil
 }
 
 // Shards returns the shards this runner serves.
@@ -331,7 +373,7 @@ func (r *Runner) Shards() []ShardID {
 // the NATS connection.
 func (r *Runner) Shutdown(ctx context.Context) error {
 	r.mu.Lock()
-	coord := r.coord
+	coord, dispatching := r.coord, r.dispatching
 	r.mu.Unlock()
 	if coord != nil {
 		coord.shutdown(ctx)
@@ -358,11 +400,11 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 		for _, sub := range subs {
 			_ = sub.Unsubscribe()
 		}
-		if r.started {
+		if dispatching {
 			close(r.stopDispatch)
 		}
 	}
-	if r.started {
+	if dispatching {
 		select {
 		case <-r.dispatchDone:
 		case <-ctx.Done():
@@ -370,6 +412,9 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 		}
 	}
 	err := r.rt.Shutdown(ctx)
+	if coord != nil {
+		coord.releaseAll(ctx) // what a hand-off did not release (every lease, for a standalone runner)
+	}
 	r.out.batch.close(ctx)
 	if ferr := r.flush(ctx); err == nil && ferr != nil && !errors.Is(ferr, nats.ErrConnectionClosed) {
 		err = ferr

@@ -22,6 +22,7 @@ import (
 //	                      manager's leadership ("manager"), per-key TTL
 //	<prefix>_runners      runner registrations (key: runner id), per-key TTL
 //	<prefix>_assignments  the shard manager's assignment per group (key: group)
+//	<prefix>_types        entity type descriptions (key: <Type>.<fingerprint>)
 type stores struct {
 	leases      *jetstream.Leases
 	runners     *jetstream.Leases
@@ -59,6 +60,24 @@ func openStores(ctx context.Context, nc *nats.Conn, cfg *Config, log *slog.Logge
 		return nil, err
 	}
 	return st, nil
+}
+
+// openTypes opens the bucket of entity type descriptions, which only
+// runners (writing) and tools (reading) need.
+func openTypes(ctx context.Context, nc *nats.Conn, cfg *Config, log *slog.Logger) (natsjs.KeyValue, error) {
+	ctx, cancel := jetstream.SetupContext(ctx)
+	defer cancel()
+	js, err := natsjs.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	return openKV(ctx, js, natsjs.KeyValueConfig{
+		Bucket:      cfg.Prefix + "_types",
+		Description: "natsmesh entity type descriptions, by type and fingerprint, written by the runners",
+		History:     1,
+		Replicas:    cfg.StorageReplicas,
+		Storage:     cfg.storageType(),
+	}, log)
 }
 
 // openLeases opens the lease bucket named bucket, with the retries of
@@ -123,13 +142,19 @@ const managerKey = "manager"
 // RunnerInfo is a runner's registration, as the shard manager and
 // Inspect see it.
 type RunnerInfo struct {
-	ID          string    `json:"id"`
-	Weight      int       `json:"weight"`
-	EntityTypes []string  `json:"entityTypes"`
-	Singletons  []string  `json:"singletons,omitempty"`
-	Version     string    `json:"version"`
-	Host        string    `json:"host,omitempty"`
-	Started     time.Time `json:"started"`
+	ID          string   `json:"id"`
+	Weight      int      `json:"weight"`
+	EntityTypes []string `json:"entityTypes"`
+	// Types are the entity types with their shard group and protocol
+	// fingerprint (EntityTypes names them too, for earlier readers).
+	Types      []HostedType `json:"types,omitempty"`
+	Singletons []string     `json:"singletons,omitempty"`
+	// Version is the runner's build (WithVersion), Protocol the wire
+	// protocol it speaks (protocol.Version).
+	Version  string    `json:"version"`
+	Protocol string    `json:"protocol,omitempty"`
+	Host     string    `json:"host,omitempty"`
+	Started  time.Time `json:"started"`
 }
 
 // Assignment is the shard manager's decision for one shard group: the
@@ -139,6 +164,11 @@ type Assignment struct {
 	Shards  []string  `json:"shards"`
 	Manager string    `json:"manager"`
 	Updated time.Time `json:"updated"`
+	// Types are the group's entity types, which every runner given its
+	// shards hosts; nil when the manager predates them. Refused are the
+	// runners that host only some of them (hosting.go).
+	Types   []string  `json:"types"`
+	Refused []Refusal `json:"refused,omitempty"`
 }
 
 func decodeAssignment(b []byte) (Assignment, error) {

@@ -81,6 +81,8 @@ type streamCall struct {
 	expect   uint64 // the next chunk's sequence
 	control  string // where acknowledgements and cancellation go
 	finished bool   // the runner ended the stream
+
+	askedHosted bool // notHosted was asked
 }
 
 // openStream sends the request of a stream and subscribes to its inbox.
@@ -120,6 +122,9 @@ func (s *streamCall) next() (data []byte, end bool, err error) {
 			return nil, false, s.ctx.Err()
 		}
 		if msg.Header.Get("Status") == "503" && s.expect == 1 { // no responders: retry
+			if err := s.notHosted(); err != nil {
+				return nil, false, err
+			}
 			if err := s.retryAfterBackoff(); err != nil {
 				return nil, false, err
 			}
@@ -127,6 +132,11 @@ func (s *streamCall) next() (data []byte, end bool, err error) {
 		}
 		if code := msg.Header.Get(protocol.HeaderError); code != "" && msg.Header.Get(protocol.HeaderEnd) == "" {
 			s.finished = true // an error without the end marker: refused outright
+			if code == protocol.CodeUnknownEntity {
+				if err := s.notHosted(); err != nil {
+					return nil, false, err
+				}
+			}
 			return nil, false, decodeError(s.info, s.c.codec, code, msg.Data)
 		}
 		seq, _ := strconv.ParseUint(msg.Header.Get(protocol.HeaderSeq), 10, 64)
@@ -154,6 +164,20 @@ func (s *streamCall) next() (data []byte, end bool, err error) {
 		s.finished = true
 		return nil, false, decodeError(s.info, s.c.codec, code, msg.Data)
 	}
+}
+
+// notHosted returns ErrNotHosted if the stream's entity type is hosted by
+// no live runner (asked once per stream: the first refusal tells).
+func (s *streamCall) notHosted() error {
+	if s.askedHosted {
+		return nil
+	}
+	s.askedHosted = true
+	if err := s.c.notHosted(s.ctx, s.info.Entity().Name()); err != nil {
+		s.finished = true
+		return err
+	}
+	return nil
 }
 
 // retryAfterBackoff sends the request again after the backoff, which

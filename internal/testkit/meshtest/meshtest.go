@@ -19,7 +19,9 @@ import (
 // Standalone returns a configuration for one standalone runner with few
 // shards and quick persisted retries.
 func Standalone() mesh.Config {
-	cfg := mesh.DefaultConfig()
+	// Short leases: a standalone runner holds every shard's lease, and one
+	// restarted after a crash waits for its predecessor's to expire.
+	cfg := mesh.DefaultConfig().FastFailover()
 	cfg.ShardsPerGroup = 8
 	cfg.CallTimeout = 10 * time.Second
 	cfg.Standalone = true

@@ -25,8 +25,18 @@ type Option func(*server.Options)
 // port and its store in t.TempDir, and waits until it accepts connections.
 func StartServer(t testing.TB, opts ...Option) *server.Server {
 	t.Helper()
-	o := &server.Options{
-		ServerName: "natstest",
+	o := baseOptions(t, "natstest")
+	for _, opt := range opts {
+		opt(o)
+	}
+	return start(t, o)
+}
+
+// baseOptions are a test server's: loopback, a random port, JetStream in
+// t.TempDir, no logs, no signal handlers.
+func baseOptions(t testing.TB, name string) *server.Options {
+	return &server.Options{
+		ServerName: name,
 		Host:       "127.0.0.1",
 		Port:       server.RANDOM_PORT,
 		JetStream:  true,
@@ -34,10 +44,6 @@ func StartServer(t testing.TB, opts ...Option) *server.Server {
 		NoLog:      true,
 		NoSigs:     true,
 	}
-	for _, opt := range opts {
-		opt(o)
-	}
-	return start(t, o)
 }
 
 func start(t testing.TB, o *server.Options) *server.Server {
@@ -76,17 +82,9 @@ func StartCluster(t testing.TB, n int) []*server.Server {
 	}
 	servers := make([]*server.Server, n)
 	for i := range servers {
-		o := &server.Options{
-			ServerName: fmt.Sprintf("s%d", i+1),
-			Host:       "127.0.0.1",
-			Port:       server.RANDOM_PORT,
-			JetStream:  true,
-			StoreDir:   t.TempDir(),
-			NoLog:      true,
-			NoSigs:     true,
-			Cluster:    server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: ports[i]},
-			Routes:     server.RoutesFromStr(strings.Join(routes, ",")),
-		}
+		o := baseOptions(t, fmt.Sprintf("s%d", i+1))
+		o.Cluster = server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: ports[i]}
+		o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
 		servers[i] = start(t, o)
 	}
 	WaitFor(t, 30*time.Second, func() bool {
