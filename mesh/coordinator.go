@@ -439,10 +439,6 @@ func (c *coordinator) dropOwned(s ShardID, h *heldShard) {
 	}
 }
 
-// settled reports whether the runner has read the assignment and holds the
-// lease of every shard assigned to it.
-func (c *coordinator) settled() bool { return c.unsettled() == nil }
-
 // unsettled says why the runner does not yet serve what it should: the
 // assignments not read yet, leaving, refused a group's shards, or leases
 // of assigned shards not held yet; nil when it does.
