@@ -78,6 +78,18 @@ func Handle[S, Req, Resp any](rpc actor.RPC[Req, Resp], fn func(ctx context.Cont
 	}}
 }
 
+// HandleStream binds a streaming rpc to fn, as Handle does a unary one:
+// fn emits the chunks, with the entity held for the whole stream (no other
+// command runs meanwhile).
+func HandleStream[S, Req, Chunk any](rpc actor.StreamRPC[Req, Chunk], fn func(ctx context.Context, e *Entity[S], req Req, emit func(Chunk) error) error) Handler[S] {
+	if fn == nil {
+		return Handler[S]{rpc: rpc.Info()} // New rejects it
+	}
+	return Handler[S]{rpc: rpc.Info(), bind: func(e *Entity[S]) actor.Handler {
+		return guard.HandleStream(&e.g, rpc, func(ctx context.Context, req Req, emit func(Chunk) error) error { return fn(ctx, e, req, emit) })
+	}}
+}
+
 type definition[S any] struct {
 	store   *Store
 	entity  *actor.Entity

@@ -19,6 +19,7 @@ import (
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/gateway"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
 	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
@@ -96,7 +97,7 @@ func setup(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range []*actor.Behavior{counter.Behavior(nil), p.behavior()} {
+	for _, b := range []*actor.Behavior{meshtest.MemoryCounter(), p.behavior()} {
 		if err := r.Register(b); err != nil {
 			t.Fatal(err)
 		}

@@ -10,7 +10,7 @@
 //
 //	cfg := mesh.DefaultConfig()
 //	runner, _ := mesh.NewRunner(nc, cfg, mesh.WithLogger(log))
-//	runner.Register(counter.Behavior(nil))
+//	runner.Register(behavior)           // counter.New(ctx, store): the example Counter
 //	runner.Start(ctx)                    // joins the cluster run by a ShardManager
 //
 //	client, _ := mesh.NewClient(nc2, cfg.ClientConfig) // client-only: hosts nothing

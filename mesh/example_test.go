@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/natsmesh/natsmesh/durablestate"
 	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/devnats"
 	"github.com/natsmesh/natsmesh/mesh"
@@ -33,10 +34,19 @@ func ExampleCall() {
 	if err != nil {
 		panic(err)
 	}
-	if err := runner.Register(counter.Behavior(nil)); err != nil {
+	// The Counter keeps its value as durable state, in a KV bucket.
+	ctx := context.Background()
+	store, err := durablestate.Open(nc, durablestate.DefaultConfig())
+	if err != nil {
 		panic(err)
 	}
-	ctx := context.Background()
+	behavior, err := counter.New(ctx, store)
+	if err != nil {
+		panic(err)
+	}
+	if err := runner.Register(behavior); err != nil {
+		panic(err)
+	}
 	if err := runner.Start(ctx); err != nil {
 		panic(err)
 	}

@@ -37,47 +37,28 @@ type RawCall struct {
 // ErrShardUnavailable, ErrPayloadTooLarge, ErrInvalidOption for an unknown
 // codec, actor.ErrInvalidID, or ctx's error.
 func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
-	codec := c.codec
-	codecValue := c.codecValue
-	if call.Codec != "" && call.Codec != codec.Name() {
-		var err error
-		if codec, err = protocol.CodecByName(call.Codec); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
-		}
-		codecValue = []string{codec.Name()}
-	}
-	if !actor.ValidName(call.EntityType) || !actor.ValidName(call.RPC) {
-		return nil, fmt.Errorf("%w: entity type %q and rpc %q must be non-empty subject tokens", ErrBadRequest, call.EntityType, call.RPC)
-	}
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
+	codec, err := c.rawCodec(call)
+	if err != nil {
+		return nil, err
+	}
 	var reply *nats.Msg
 	if call.Persisted {
 		o, err := applyCallOptions([]CallOption{MessageID(call.MessageID)})
 		if err != nil {
 			return nil, err
 		}
-		reply, err = c.callPersisted(ctx, call.EntityType, call.RPC, codecValue, call.ID, call.Payload, o)
+		reply, err = c.callPersisted(ctx, call.EntityType, call.RPC, c.codecHeader(codec), call.ID, call.Payload, o)
 		if err != nil {
 			return nil, err
 		}
 	} else {
-		if err := actor.ValidateID(call.ID); err != nil {
+		m, _, err := c.rawRequest(ctx, call)
+		if err != nil {
 			return nil, err
 		}
-		if max := c.nc.MaxPayload(); max > 0 && int64(len(call.Payload)) > max {
-			return nil, fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(call.Payload), max)
-		}
-		m := &nats.Msg{
-			Subject: c.subj.Call(c.Shard(call.EntityType, call.ID), call.EntityType, call.RPC),
-			Data:    call.Payload,
-			Header:  make(nats.Header, 3),
-		}
-		protocol.SetID(m.Header, call.ID)
-		m.Header[protocol.HeaderCodec] = codecValue
-		setTimeout(ctx, m.Header)
 		done := c.callSent(ctx, call.EntityType, call.RPC, m.Header)
-		var err error
 		reply, err = c.requestRetry(ctx, call.EntityType, m)
 		done(replyErr(reply, err))
 		if err != nil {
@@ -88,6 +69,54 @@ func (c *Client) CallRaw(ctx context.Context, call RawCall) ([]byte, error) {
 		return nil, decodeRawError(codec, code, reply.Data)
 	}
 	return reply.Data, nil
+}
+
+// rawCodec checks call's names and returns its codec.
+func (c *Client) rawCodec(call RawCall) (actor.Codec, error) {
+	if !actor.ValidName(call.EntityType) || !actor.ValidName(call.RPC) {
+		return nil, fmt.Errorf("%w: entity type %q and rpc %q must be non-empty subject tokens", ErrBadRequest, call.EntityType, call.RPC)
+	}
+	if call.Codec == "" || call.Codec == c.codec.Name() {
+		return c.codec, nil
+	}
+	codec, err := protocol.CodecByName(call.Codec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
+	}
+	return codec, nil
+}
+
+// rawRequest returns the request message of a call by request/reply (on
+// the shard's call subject) and its codec.
+func (c *Client) rawRequest(ctx context.Context, call RawCall) (*nats.Msg, actor.Codec, error) {
+	codec, err := c.rawCodec(call)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := actor.ValidateID(call.ID); err != nil {
+		return nil, nil, err
+	}
+	if max := c.nc.MaxPayload(); max > 0 && int64(len(call.Payload)) > max {
+		return nil, nil, fmt.Errorf("%w: request of %d bytes, limit %d", ErrPayloadTooLarge, len(call.Payload), max)
+	}
+	m := &nats.Msg{
+		Subject: c.subj.Call(c.Shard(call.EntityType, call.ID), call.EntityType, call.RPC),
+		Data:    call.Payload,
+		Header:  make(nats.Header, 4),
+	}
+	protocol.SetID(m.Header, call.ID)
+	m.Header[protocol.HeaderCodec] = c.codecHeader(codec)
+	setTimeout(ctx, m.Header)
+	return m, codec, nil
+}
+
+// codecHeader is the Mesh-Codec value of codec (the client's own shared,
+// not allocated).
+func (c *Client) codecHeader(codec actor.Codec) []string {
+	if codec == c.codec {
+		return c.codecValue
+	}
+	return []string{codec.Name()}
 }
 
 // decodeRawError turns an error reply into a *Error, keeping a declared

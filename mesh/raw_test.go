@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -69,6 +70,74 @@ func TestCallRaw(t *testing.T) {
 	if _, err := e.c.CallRaw(ctx, mesh.RawCall{EntityType: "Co.unter", ID: "x", RPC: "GetValue"}); !errors.Is(err, mesh.ErrBadRequest) {
 		t.Fatalf("bad type token: %v", err)
 	}
+}
+
+func TestStreamRaw(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	collect := func(call mesh.RawCall) ([]string, error) {
+		var got []string
+		for chunk, err := range e.c.StreamRaw(ctx, call) {
+			if err != nil {
+				return got, err
+			}
+			got = append(got, string(chunk))
+		}
+		return got, nil
+	}
+	got, err := collect(mesh.RawCall{EntityType: "Counter", ID: "s", RPC: "Countdown", Codec: protocol.CodecJSON, Payload: []byte("3")})
+	if err != nil || strings.Join(got, ",") != "3,2,1" {
+		t.Fatalf("StreamRaw = %q, %v", got, err)
+	}
+	// More chunks than the window: acknowledged as they are read.
+	got, err = collect(mesh.RawCall{EntityType: "Counter", ID: "s", RPC: "Countdown", Codec: protocol.CodecJSON, Payload: []byte("200")})
+	if err != nil || len(got) != 200 || got[199] != "1" {
+		t.Fatalf("StreamRaw of 200: %d chunks, %v", len(got), err)
+	}
+	// A stream that fails after its chunks yields them, then the error.
+	got, err = collect(mesh.RawCall{EntityType: "Counter", ID: "s", RPC: "Countdown", Codec: protocol.CodecJSON, Payload: []byte("13")})
+	if len(got) != 13 || mesh.CodeOf(err) != protocol.CodeError || !strings.Contains(err.Error(), "unlucky") {
+		t.Fatalf("failing stream: %d chunks, %v", len(got), err)
+	}
+	for _, c := range []struct {
+		call mesh.RawCall
+		code string
+	}{
+		{mesh.RawCall{EntityType: "Counter", ID: "s", RPC: "Increment", Codec: protocol.CodecJSON, Payload: []byte(`{"amount":1}`)}, protocol.CodeBadRequest},
+		{mesh.RawCall{EntityType: "Counter", ID: "s", RPC: "Countdown", Codec: protocol.CodecJSON, Payload: []byte(`"x"`)}, protocol.CodeMalformed},
+		{mesh.RawCall{EntityType: "Counter", ID: "s", RPC: "Nope", Codec: protocol.CodecJSON}, protocol.CodeUnknownRPC},
+	} {
+		if _, err := collect(c.call); mesh.CodeOf(err) != c.code {
+			t.Errorf("%s: %v, want code %s", c.call.RPC, err, c.code)
+		}
+	}
+	if _, err := collect(mesh.RawCall{EntityType: "Counter", ID: "s", RPC: "Countdown", Persisted: true}); !errors.Is(err, mesh.ErrInvalidOption) {
+		t.Fatalf("a persisted stream: %v", err)
+	}
+	// Breaking out early cancels the handler on the runner.
+	for chunk, err := range e.c.StreamRaw(ctx, mesh.RawCall{EntityType: "Counter", ID: "s", RPC: "Countdown", Codec: protocol.CodecJSON, Payload: []byte("100000")}) {
+		if err != nil || string(chunk) != "100000" {
+			t.Fatalf("first chunk %q, %v", chunk, err)
+		}
+		break
+	}
+	if err := <-drainStreamEnded(e.hooks, 4); err == nil {
+		t.Fatal("the abandoned stream's handler ran to the end")
+	}
+}
+
+// drainStreamEnded returns the outcome of the n-th stream handler to end
+// (the earlier ones are skipped).
+func drainStreamEnded(h *hooks, n int) <-chan error {
+	out := make(chan error, 1)
+	go func() {
+		var err error
+		for range n {
+			err = <-h.streamEnded
+		}
+		out <- err
+	}()
+	return out
 }
 
 func TestRunnerReady(t *testing.T) {

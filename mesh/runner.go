@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -161,6 +162,13 @@ func (r *Runner) ID() string { return r.id }
 
 // Client returns a client that shares the runner's connection and config.
 func (r *Runner) Client() *Client { return r.client }
+
+// Entities returns the entity types the runner hosts, sorted by name.
+func (r *Runner) Entities() []*actor.Entity {
+	es := r.rt.Entities()
+	slices.SortFunc(es, func(a, b *actor.Entity) int { return strings.Compare(a.Name(), b.Name()) })
+	return es
+}
 
 // Register adds an entity behaviour. Register before Start.
 func (r *Runner) Register(b *actor.Behavior) error {

@@ -166,6 +166,9 @@ func (c *coordinator) reclaimStandalone(ctx context.Context) error {
 // Start; a lease held by another runner fails it.
 func (c *coordinator) acquireAll(ctx context.Context) error {
 	c.reconcile(ctx)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var missing []string

@@ -35,7 +35,13 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 			yield(zero, fmt.Errorf("encode request: %w", err))
 			return
 		}
-		s, err := c.openStream(ctx, rpc.Info(), id, payload)
+		info := rpc.Info()
+		m, err := c.newRequest(ctx, info, id, payload)
+		if err != nil {
+			yield(zero, err)
+			return
+		}
+		s, err := c.openStream(ctx, m, info.Entity().Name(), info.Name(), info, c.codec)
 		if err != nil {
 			yield(zero, err)
 			return
@@ -65,13 +71,58 @@ func Stream[Req, Chunk any](ctx context.Context, c *Client, rpc actor.StreamRPC[
 	}
 }
 
+// StreamRaw calls a streaming RPC given by names, with an encoded payload
+// (as CallRaw), and yields each chunk's encoded payload as it arrives. A
+// final non-nil error, if any, is yielded last: a *Error with the wire code
+// for an error reply, as CallRaw's. Breaking out of the loop cancels the
+// handler on the runner. call.Persisted is refused: streams are not
+// persisted.
+func (c *Client) StreamRaw(ctx context.Context, call RawCall) iter.Seq2[[]byte, error] {
+	return func(yield func([]byte, error) bool) {
+		m, codec, err := c.rawRequest(ctx, call)
+		if err == nil && call.Persisted {
+			err = fmt.Errorf("%w: a streaming rpc is not persisted", ErrInvalidOption)
+		}
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		s, err := c.openStream(ctx, m, call.EntityType, call.RPC, nil, codec)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		defer s.close()
+		for {
+			data, end, err := s.next()
+			if err == nil && !end {
+				if !yield(data, nil) {
+					return
+				}
+				err = s.acknowledge()
+			}
+			if err != nil {
+				s.outcome = err
+				yield(nil, err)
+				return
+			}
+			if end {
+				return
+			}
+		}
+	}
+}
+
 // streamCall is the caller's side of one stream (docs/protocol.md,
 // "Streaming RPCs"): the request, its inbox, and where the stream stands.
 // It knows no Go types; Stream decodes the chunks.
 type streamCall struct {
 	c        *Client
 	ctx      context.Context
-	info     actor.RPCInfo
+	entity   string
+	rpc      string
+	info     actor.RPCInfo // nil for a raw stream
+	codec    actor.Codec   // the request's
 	m        *nats.Msg
 	ch       chan *nats.Msg
 	sub      *nats.Subscription
@@ -85,17 +136,15 @@ type streamCall struct {
 	askedHosted bool // notHosted was asked
 }
 
-// openStream sends the request of a stream and subscribes to its inbox.
-func (c *Client) openStream(ctx context.Context, info actor.RPCInfo, id string, payload []byte) (*streamCall, error) {
-	m, err := c.newRequest(ctx, info, id, payload)
-	if err != nil {
-		return nil, err
-	}
-	s := &streamCall{c: c, ctx: ctx, info: info, m: m, backoff: c.cfg.RetryBackoff, expect: 1}
-	s.done = c.callSent(ctx, info.Entity().Name(), info.Name(), m.Header)
+// openStream sends m, the request of a stream of entity.rpc, and
+// subscribes to its inbox. info is nil for a raw stream.
+func (c *Client) openStream(ctx context.Context, m *nats.Msg, entity, rpc string, info actor.RPCInfo, codec actor.Codec) (*streamCall, error) {
+	s := &streamCall{c: c, ctx: ctx, entity: entity, rpc: rpc, info: info, codec: codec, m: m, backoff: c.cfg.RetryBackoff, expect: 1}
+	s.done = c.callSent(ctx, entity, rpc, m.Header)
 	m.Header[protocol.HeaderStreamWindow] = []string{strconv.Itoa(DefaultStreamWindow)}
 	m.Reply = c.nc.NewInbox()
 	s.ch = make(chan *nats.Msg, DefaultStreamWindow+8)
+	var err error
 	if s.sub, err = c.nc.ChanSubscribe(m.Reply, s.ch); err != nil {
 		s.done(err)
 		return nil, err
@@ -107,6 +156,14 @@ func (c *Client) openStream(ctx context.Context, info actor.RPCInfo, id string, 
 		return nil, err
 	}
 	return s, nil
+}
+
+// decodeError turns the stream's error reply into the caller's error.
+func (s *streamCall) decodeError(code string, data []byte) error {
+	if s.info == nil {
+		return decodeRawError(s.codec, code, data)
+	}
+	return decodeError(s.info, s.codec, code, data)
 }
 
 // next returns the next chunk's payload, or end at the end of the stream
@@ -137,7 +194,7 @@ func (s *streamCall) next() (data []byte, end bool, err error) {
 					return nil, false, err
 				}
 			}
-			return nil, false, decodeError(s.info, s.c.codec, code, msg.Data)
+			return nil, false, s.decodeError(code, msg.Data)
 		}
 		seq, _ := strconv.ParseUint(msg.Header.Get(protocol.HeaderSeq), 10, 64)
 		if seq != s.expect {
@@ -162,7 +219,7 @@ func (s *streamCall) next() (data []byte, end bool, err error) {
 			continue
 		}
 		s.finished = true
-		return nil, false, decodeError(s.info, s.c.codec, code, msg.Data)
+		return nil, false, s.decodeError(code, msg.Data)
 	}
 }
 
@@ -173,7 +230,7 @@ func (s *streamCall) notHosted() error {
 		return nil
 	}
 	s.askedHosted = true
-	if err := s.c.notHosted(s.ctx, s.info.Entity().Name()); err != nil {
+	if err := s.c.notHosted(s.ctx, s.entity); err != nil {
 		s.finished = true
 		return err
 	}
@@ -213,5 +270,9 @@ func (s *streamCall) close() {
 		_ = s.c.nc.PublishMsg(&nats.Msg{Subject: s.control, Header: nats.Header{protocol.HeaderCancel: []string{"true"}}})
 	}
 	_ = s.sub.Unsubscribe()
-	s.done(declared(s.info, s.outcome))
+	if s.info != nil {
+		s.done(declared(s.info, s.outcome))
+		return
+	}
+	s.done(s.outcome)
 }

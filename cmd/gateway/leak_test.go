@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"io"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -8,3 +10,8 @@ import (
 
 // TestMain fails the package if a test leaves a goroutine behind.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// run is the binary's Run, as main runs it.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return gw.Run(ctx, args, stdout, stderr)
+}

@@ -27,8 +27,9 @@ func TestBadConfig(t *testing.T) {
 		{[]string{"-listen", "8080"}, "config: listen: "},
 		{[]string{"-shards", "0"}, "config: shards: "},
 		{[]string{"-log-level", "chatty"}, "log-level"},
-		{[]string{"extra"}, "unexpected arguments"},
-		{[]string{"-listen", "nowhere:port", "-nats", "nats://127.0.0.1:1"}, "connect to NATS"},
+		{[]string{"extra"}, `unexpected argument "extra"`},
+		{[]string{"-listen", "nowhere:port", "-nats", "nats://127.0.0.1:1"}, "config: listen: "},
+		{[]string{"-listen", "127.0.0.1:0", "-nats", "nats://127.0.0.1:1"}, "connect to NATS at nats://127.0.0.1:1"},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			err := run(context.Background(), tt.args, io.Discard, io.Discard)

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/natsmesh/natsmesh/examples/counter"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
 	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
@@ -40,7 +43,7 @@ func TestMeshctl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Register(counter.Behavior(nil)); err != nil {
+	if err := r.Register(meshtest.MemoryCounter()); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.RegisterSingleton("reporter", func(ctx context.Context) error { <-ctx.Done(); return nil }); err != nil {
@@ -78,12 +81,44 @@ func TestMeshctl(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "3" {
 		t.Fatalf("call: %v %q", err, out)
 	}
-	if _, err = meshctl("call", "Counter", "a", "Withdraw", `{"amount":9}`); err == nil || !strings.Contains(err.Error(), "Failure") {
-		t.Fatalf("failing call: %v", err)
+	// Flags after the command.
+	out, err = meshctl("call", "Counter", "a", "Withdraw", `{"amount":9}`, "-o", "json")
+	if err == nil || !strings.Contains(err.Error(), "Failure") || !strings.Contains(out, `"failure": "Overdrawn"`) {
+		t.Fatalf("failing call: %v\n%s", err, out)
+	}
+	// A streaming RPC prints its chunks, a persisted one is stored and
+	// answered once per message id.
+	out, err = meshctl("call", "Counter", "s", "Countdown", "3")
+	if err != nil || out != "3\n2\n1\n" {
+		t.Fatalf("stream call: %v %q", err, out)
+	}
+	for range 2 {
+		out, err = meshctl("call", "Counter", "p", "Deposit", `{"amount":5}`, "-msg-id", "dep-1")
+		if err != nil || strings.TrimSpace(out) != "5" {
+			t.Fatalf("persisted call: %v %q", err, out)
+		}
+	}
+	out, err = meshctl("types")
+	for _, want := range []string{"Counter (shard group default)", "hosted by r1", "Countdown  stream", "Deposit    unary, persisted", "Overdrawn (*counter.Overdrawn)"} {
+		if err != nil || !strings.Contains(out, want) {
+			t.Fatalf("types lacks %q: %v\n%s", want, err, out)
+		}
+	}
+	out, err = meshctl("-o", "json", "types", "Counter")
+	var types []mesh.ClusterType
+	if err != nil || json.Unmarshal([]byte(out), &types) != nil || len(types) != 1 || len(types[0].Versions[0].RPCs) != 6 {
+		t.Fatalf("types -o json: %v\n%s", err, out)
+	}
+	if _, err = meshctl("types", "Nope"); err == nil {
+		t.Fatal("types of an unhosted type succeeded")
 	}
 	out, err = meshctl("deadletters")
 	if err != nil || !strings.Contains(out, "SEQ") {
 		t.Fatalf("deadletters: %v\n%s", err, out)
+	}
+	out, err = meshctl("deadletters", "-o", "json")
+	if err != nil || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("no dead letters in JSON: %v %q", err, out)
 	}
 	if _, err = meshctl("deadletters", "redrive", "x"); err == nil {
 		t.Fatal("redrive of a non-number accepted")
@@ -93,5 +128,13 @@ func TestMeshctl(t *testing.T) {
 	}
 	if _, err = meshctl("-o", "yaml", "status"); err == nil {
 		t.Fatal("bad -o accepted")
+	}
+	var errs bytes.Buffer
+	if err := run(context.Background(), []string{"-h"}, io.Discard, &errs); !errors.Is(err, flag.ErrHelp) || !strings.Contains(errs.String(), "types [TYPE]") {
+		t.Fatalf("-h: %v\n%s", err, errs.String())
+	}
+	err = run(context.Background(), []string{"-nats", "nats://127.0.0.1:1", "status"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "connect to NATS at nats://127.0.0.1:1") {
+		t.Fatalf("no server: %v", err)
 	}
 }

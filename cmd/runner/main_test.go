@@ -59,9 +59,9 @@ func TestDevMode(t *testing.T) {
 	var out, errs syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"-dev", "-dev-listen", freeAddr(t), "-data", filepath.Join(t.TempDir(), "nats"), "-log-level", "warn"}, &out, &errs)
+		done <- run(ctx, []string{"-dev", "-dev-listen", freeAddr(t), "-dev-gateway", freeAddr(t), "-data", filepath.Join(t.TempDir(), "nats"), "-log-level", "warn"}, &out, &errs)
 	}()
-	urlRE := regexp.MustCompile(`serving on (nats://\S+)`)
+	urlRE := regexp.MustCompile(`NATS on (nats://[^\s,]+)`)
 	var url string
 	natstest.WaitFor(t, 20*time.Second, func() bool {
 		select {

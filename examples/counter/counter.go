@@ -1,19 +1,25 @@
-// Package counter is the seed's Counter entity (Increment, Decrement,
+// Package counter is the example Counter entity (Increment, Decrement,
 // GetValue), plus a declared failure, a streaming RPC and a persisted one
 // (Deposit), so that every kind of call can be tried from the dev runner,
-// the nats CLI or another language.
+// the gateway, meshctl, the nats CLI or another language.
+//
+// Its value is durable state (package durablestate): stored in the KV
+// bucket <prefix>_state_Counter before each reply, so a runner crash, a
+// hand-off or a passivation loses no acknowledged change. A persisted
+// message (Deposit) is not persisted state: it is stored until handled,
+// and it is the handler that must keep its effect.
 package counter
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/durablestate"
 )
 
-// Amount is the payload of Increment, Decrement and Withdraw.
+// Amount is the payload of Increment, Decrement, Withdraw and Deposit.
 type Amount struct {
 	Amount int `json:"amount"`
 }
@@ -40,53 +46,54 @@ var (
 	Countdown = actor.NewStreamRPC[int, int](Counter, "Countdown")
 	// Deposit adds like Increment, but is persisted: stored in JetStream
 	// before it is handled, handled at least once, deduplicated by message
-	// id (docs/persistence.md).
+	// id (docs/persistence.md); its effect is kept by the durable state.
 	Deposit = actor.NewRPC[Amount, int](Counter, "Deposit", actor.Persisted())
 )
 
-// Behavior implements Counter with in-memory state. log may be nil.
-func Behavior(log *slog.Logger, opts ...actor.Option) *actor.Behavior {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// Spec is the Counter as a durable-state entity: each change is saved
+// before the reply, so an acknowledged change is never lost.
+func Spec() durablestate.Spec[int] {
+	add := func(ctx context.Context, e *durablestate.Entity[int], a Amount) (int, error) {
+		v := e.State() + a.Amount
+		if err := e.Save(ctx, v); err != nil {
+			return e.State(), err
+		}
+		return v, nil
 	}
-	return actor.Implement(Counter, func(self *actor.Instance) ([]actor.Handler, error) {
-		addr := self.Address()
-		log.Debug("creating counter", "entity", addr.String())
-		state := 0
-		self.OnStop(func(context.Context) {
-			log.Debug("finalizing counter", "entity", addr.String(), "value", state)
-		})
-		return []actor.Handler{
-			actor.Handle(Increment, func(_ context.Context, a Amount) (int, error) {
-				state += a.Amount
-				return state, nil
-			}),
-			actor.Handle(Deposit, func(_ context.Context, a Amount) (int, error) {
-				state += a.Amount
-				return state, nil
-			}),
-			actor.Handle(Decrement, func(_ context.Context, a Amount) (int, error) {
-				state -= a.Amount
-				return state, nil
-			}),
-			actor.Handle(GetValue, func(context.Context, actor.Empty) (int, error) {
-				return state, nil
-			}),
-			actor.Handle(Withdraw, func(_ context.Context, a Amount) (int, error) {
-				if a.Amount > state {
-					return state, &Overdrawn{Value: state, Wanted: a.Amount}
+	return durablestate.Spec[int]{Handlers: []durablestate.Handler[int]{
+		durablestate.Handle(Increment, add),
+		durablestate.Handle(Deposit, add),
+		durablestate.Handle(Decrement, func(ctx context.Context, e *durablestate.Entity[int], a Amount) (int, error) {
+			return add(ctx, e, Amount{Amount: -a.Amount})
+		}),
+		durablestate.Handle(GetValue, func(_ context.Context, e *durablestate.Entity[int], _ actor.Empty) (int, error) {
+			return e.State(), nil
+		}),
+		durablestate.Handle(Withdraw, func(ctx context.Context, e *durablestate.Entity[int], a Amount) (int, error) {
+			if a.Amount > e.State() {
+				return e.State(), &Overdrawn{Value: e.State(), Wanted: a.Amount}
+			}
+			return add(ctx, e, Amount{Amount: -a.Amount})
+		}),
+		durablestate.HandleStream(Countdown, func(_ context.Context, _ *durablestate.Entity[int], n int, emit func(int) error) error {
+			for i := n; i > 0; i-- {
+				if err := emit(i); err != nil {
+					return err
 				}
-				state -= a.Amount
-				return state, nil
-			}),
-			actor.HandleStream(Countdown, func(ctx context.Context, n int, emit func(int) error) error {
-				for i := n; i > 0; i-- {
-					if err := emit(i); err != nil {
-						return err
-					}
-				}
-				return nil
-			}),
-		}, nil
-	}, append([]actor.Option{actor.MaxIdleTime(10 * time.Minute)}, opts...)...)
+			}
+			return nil
+		}),
+	}}
+}
+
+// Options are the Counter's actor options: passivated after ten idle
+// minutes (its state stays stored).
+func Options() []actor.Option {
+	return []actor.Option{actor.MaxIdleTime(10 * time.Minute)}
+}
+
+// New returns the Counter's behaviour, its values in store (the bucket is
+// created if missing): register it with a runner.
+func New(ctx context.Context, store *durablestate.Store) (*actor.Behavior, error) {
+	return durablestate.New(ctx, store, Counter, Spec(), Options()...)
 }

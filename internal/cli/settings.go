@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,15 +80,17 @@ type setting struct {
 // An environment variable set to the empty string counts as unset, so that
 // compose files can pass ${VAR} through whether or not it is defined.
 type Settings struct {
-	name   string
-	fs     *flag.FlagSet
-	list   []*setting
-	byName map[string]*setting
-	checks []func() error
-	file   string
-	print  bool
-	stdout io.Writer
-	getenv func(string) (string, bool)
+	name    string
+	fs      *flag.FlagSet
+	list    []*setting
+	byName  map[string]*setting
+	checks  []func() error
+	file    string
+	print   bool
+	showVer bool
+	version string
+	stdout  io.Writer
+	getenv  func(string) (string, bool)
 }
 
 // NewSettings returns the settings of the binary name; flag errors and help
@@ -105,7 +109,45 @@ func NewSettings(name string, stderr io.Writer) *Settings {
 	s.fs.SetOutput(stderr)
 	s.fs.StringVar(&s.file, "config", "", "YAML configuration file; keys are the flag names (env "+ConfigEnv+")")
 	s.fs.BoolVar(&s.print, "print-config", false, "print the resolved configuration with each value's source, then exit")
+	s.fs.BoolVar(&s.showVer, "version", false, "print the version, then exit")
+	s.version = Version("")
 	return s
+}
+
+// SetVersion sets the version -version prints (Version(v)).
+func (s *Settings) SetVersion(v string) { s.version = Version(v) }
+
+// Version returns v or, when v is empty, the main module's version from
+// the build information ("(devel)" for a build from a work tree), followed
+// by the VCS revision when the build recorded one. The binaries print it
+// for -version, register it with their runner and label natsmesh_build_info
+// with it.
+func Version(v string) string {
+	bi, ok := debug.ReadBuildInfo()
+	if v == "" {
+		v = "(devel)"
+		if ok && bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+	}
+	if !ok {
+		return v
+	}
+	var rev, dirty string
+	for _, st := range bi.Settings {
+		switch st.Key {
+		case "vcs.revision":
+			rev = st.Value
+		case "vcs.modified":
+			if st.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if rev != "" && !strings.Contains(v, rev[:min(12, len(rev))]) {
+		v += " (" + rev[:min(12, len(rev))] + dirty + ")"
+	}
+	return v
 }
 
 // FlagSet returns the underlying flag set (for Usage and Args).
@@ -178,7 +220,7 @@ func (s *Settings) Source(name string) Source {
 func (s *Settings) IsSet(name string) bool { return s.Source(name) != FromDefault }
 
 // ErrPrinted is returned by Parse after -print-config printed the
-// configuration: the binary should exit 0.
+// configuration, or -version the version: the binary should exit 0.
 var ErrPrinted = errors.New("cli: configuration printed")
 
 // Parse reads flags from args, then the environment and the configuration
@@ -189,6 +231,10 @@ var ErrPrinted = errors.New("cli: configuration printed")
 func (s *Settings) Parse(args []string) error {
 	if err := s.fs.Parse(args); err != nil {
 		return err
+	}
+	if s.showVer {
+		fmt.Fprintf(s.stdout, "%s %s %s\n", s.name, s.version, runtime.Version())
+		return ErrPrinted
 	}
 	byFlag := map[string]bool{}
 	s.fs.Visit(func(f *flag.Flag) { byFlag[f.Name] = true })

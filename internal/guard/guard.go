@@ -69,3 +69,23 @@ func Handle[Req, Resp any](g *Guard, rpc actor.RPC[Req, Resp], fn func(ctx conte
 		return resp, err
 	})
 }
+
+// HandleStream is Handle for a streaming RPC: fn runs with g held for the
+// whole stream.
+func HandleStream[Req, Chunk any](g *Guard, rpc actor.StreamRPC[Req, Chunk], fn func(ctx context.Context, req Req, emit func(Chunk) error) error) actor.Handler {
+	return actor.HandleStream(rpc, func(ctx context.Context, req Req, emit func(Chunk) error) error {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.stale != nil {
+			if err := g.Rebuild(ctx); err != nil {
+				return err
+			}
+		}
+		g.failed = nil
+		err := fn(ctx, req, emit)
+		if g.failed != nil {
+			return g.failed
+		}
+		return err
+	})
+}

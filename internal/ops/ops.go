@@ -35,9 +35,18 @@ func NATS(nc *nats.Conn) Check {
 // Readier is what mesh.Runner and mesh.ShardManager implement.
 type Readier interface{ Ready() bool }
 
-// Ready is ready while r.Ready() is true.
+// Ready is ready while r.Ready() is true. If r also says why it is not
+// ready (a NotReady() error method, as mesh.Runner has), /readyz shows
+// the reason.
 func Ready(name string, r Readier) Check {
+	why, _ := r.(interface{ NotReady() error })
 	return Check{Name: name, Ready: func() error {
+		if why != nil {
+			if err := why.NotReady(); err != nil {
+				return fmt.Errorf("not ready: %w", err)
+			}
+			return nil
+		}
 		if r.Ready() {
 			return nil
 		}

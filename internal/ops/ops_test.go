@@ -10,8 +10,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/ops"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
 	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
@@ -54,7 +54,7 @@ func TestReadyzFollowsRunner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Register(counter.Behavior(nil)); err != nil {
+	if err := r.Register(meshtest.MemoryCounter()); err != nil {
 		t.Fatal(err)
 	}
 	srv := listen(t)
@@ -65,7 +65,7 @@ func TestReadyzFollowsRunner(t *testing.T) {
 	srv.AddCheck(ops.NATS(nc), ops.Ready("runner", r))
 	srv.Started()
 
-	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "[+]nats ok\n[-]runner: not ready\n") {
+	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "[+]nats ok\n[-]runner: not ready: not started\n") {
 		t.Fatalf("/readyz before Start = %d %q, want 503 naming the runner", code, body)
 	}
 	if err := r.Start(context.Background()); err != nil {

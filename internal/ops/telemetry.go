@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"runtime/debug"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -31,12 +30,11 @@ type Telemetry struct {
 // NewTelemetry sets up the metrics and the tracer of the binary named
 // binary (service.name "natsmesh-<binary>") whose instance is id (a runner
 // or manager id).
-func NewTelemetry(ctx context.Context, binary, id string, tr cli.Tracing) (*Telemetry, error) {
+//
+// version labels natsmesh_build_info: the binary's -version
+// (cli.Version).
+func NewTelemetry(ctx context.Context, binary, id, version string, tr cli.Tracing) (*Telemetry, error) {
 	t := &Telemetry{Registry: prometheus.NewRegistry()}
-	version := "(devel)"
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		version = bi.Main.Version
-	}
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "natsmesh_build_info",
 		Help:        "1, labelled with the binary, its instance id and its version.",

@@ -52,7 +52,7 @@ func startRunner(t *testing.T, url string) *tracetest.InMemoryExporter {
 		t.Fatal(err)
 	}
 	meshtest.StartRunner(t, url, cfg, func(_ *nats.Conn, r *mesh.Runner) {
-		if err := r.Register(counter.Behavior(nil)); err != nil {
+		if err := r.Register(meshtest.MemoryCounter()); err != nil {
 			t.Fatal(err)
 		}
 		if err := r.Register(actor.Implement(echo, func(*actor.Instance) ([]actor.Handler, error) {

@@ -97,7 +97,7 @@ func TestMetricsAfterCalls(t *testing.T) {
 	cfg.PersistMaxAttempts = 2
 	singletonUp := make(chan struct{})
 	r := meshtest.StartRunner(t, s.ClientURL(), cfg, func(_ *nats.Conn, r *mesh.Runner) {
-		for _, b := range []*actor.Behavior{counter.Behavior(nil), jobBehavior()} {
+		for _, b := range []*actor.Behavior{meshtest.MemoryCounter(), jobBehavior()} {
 			if err := r.Register(b); err != nil {
 				t.Fatal(err)
 			}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/examples/counter"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
 	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
@@ -130,7 +131,7 @@ func (c *cluster) runner(id string) *mesh.Runner {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	for _, b := range []*actor.Behavior{counter.Behavior(nil), blobBehavior()} {
+	for _, b := range []*actor.Behavior{meshtest.MemoryCounter(), blobBehavior()} {
 		if err := r.Register(b); err != nil {
 			c.t.Fatal(err)
 		}

@@ -40,6 +40,7 @@ import (
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/testkit/faultproxy"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
 	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
@@ -306,7 +307,7 @@ func startRunner(t testing.TB, url string, cfg mesh.Config, id string, rec *reco
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Register(counter.Behavior(nil)); err != nil {
+	if err := r.Register(meshtest.MemoryCounter()); err != nil {
 		t.Fatal(err)
 	}
 	rec.addRunner(id, r)

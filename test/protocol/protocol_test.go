@@ -21,6 +21,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/examples/counter"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
 	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
@@ -225,7 +226,7 @@ func startRunner(t *testing.T, url string) {
 	if err != nil {
 		t.Fatalf("NewRunner: %v", err)
 	}
-	if err := r.Register(counter.Behavior(nil)); err != nil {
+	if err := r.Register(meshtest.MemoryCounter()); err != nil {
 		t.Fatalf("Register: %v", err)
 	}
 	// Cleanups run last-registered first: the runner stops before its

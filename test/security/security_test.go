@@ -21,6 +21,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/examples/counter"
+	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
 	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
@@ -212,7 +213,7 @@ func (c *cluster) runner(id string) *mesh.Runner {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range []*actor.Behavior{counter.Behavior(nil), ledgerBehavior()} {
+	for _, b := range []*actor.Behavior{meshtest.MemoryCounter(), ledgerBehavior()} {
 		if err := r.Register(b); err != nil {
 			t.Fatal(err)
 		}

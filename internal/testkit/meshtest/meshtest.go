@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
@@ -180,7 +179,7 @@ func ServeCounter(t testing.TB, nc *nats.Conn, shards int) *mesh.Runner {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Register(counter.Behavior(nil)); err != nil {
+	if err := r.Register(MemoryCounter()); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Start(context.Background()); err != nil {
