@@ -121,11 +121,11 @@ func (dc *devCluster) runManager(nc *nats.Conn, cfg mesh.Config, log *slog.Logge
 }
 
 // serveGateway serves the HTTP gateway on the address bound at start.
-func (dc *devCluster) serveGateway(client *mesh.Client, gcfg gateway.Config, log *slog.Logger) error {
+func (dc *devCluster) serveGateway(client *mesh.Client, cfg mesh.Config, gcfg gateway.Config, log *slog.Logger) error {
 	if dc.gwLn == nil {
 		return nil
 	}
-	gw, err := gateway.New(client, gcfg, gateway.WithLogger(log))
+	gw, err := gateway.New(client, gcfg, gateway.WithLogger(log), gateway.WithTypes(typesOf(client.Conn(), cfg)))
 	if err != nil {
 		return err
 	}

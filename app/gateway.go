@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/natsmesh/natsmesh/gateway"
 	"github.com/natsmesh/natsmesh/internal/cli"
 	"github.com/natsmesh/natsmesh/internal/ops"
@@ -115,7 +117,7 @@ func (g Gateway) Run(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(client, gs.cfg, gateway.WithLogger(p.log))
+	gw, err := gateway.New(client, gs.cfg, gateway.WithLogger(p.log), gateway.WithTypes(typesOf(nc, cfg)))
 	if err != nil {
 		return err
 	}
@@ -163,4 +165,9 @@ func drainAPI(api *http.Server, served chan error, gs gatewaySettings, p *proces
 		return err
 	}
 	return drainNATS()
+}
+
+// typesOf reads the entity types the live runners of cfg's cluster host.
+func typesOf(nc *nats.Conn, cfg mesh.Config) gateway.TypesFunc {
+	return func(ctx context.Context) ([]mesh.ClusterType, error) { return mesh.Types(ctx, nc, cfg) }
 }

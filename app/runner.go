@@ -180,7 +180,7 @@ func (rb Runner) devReady(ctx context.Context, r *mesh.Runner, dc *devCluster, c
 	}
 	gcfg := gateway.DefaultConfig()
 	gcfg.Persisted = gateway.PersistedRPCs(r.Entities()...)
-	if err := dc.serveGateway(r.Client(), gcfg, p.log); err != nil {
+	if err := dc.serveGateway(r.Client(), cfg, gcfg, p.log); err != nil {
 		return err
 	}
 	b := banner{url: dc.url, gateway: dc.gwAddr, prefix: cfg.Prefix, entities: r.Entities()}

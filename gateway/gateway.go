@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -61,14 +62,16 @@ const MaxIdempotencyKey = 256
 // Caller is what the gateway needs of a mesh client: *mesh.Client.
 type Caller interface {
 	CallRaw(ctx context.Context, call mesh.RawCall) ([]byte, error)
+	StreamRaw(ctx context.Context, call mesh.RawCall) iter.Seq2[[]byte, error]
 }
 
 // Config configures a Gateway. Start from DefaultConfig.
 type Config struct {
-	// Persisted lists the RPCs declared persisted, as "Type.Rpc" (see
-	// PersistedRPCs). The gateway hosts no entity and cannot learn it from
-	// the cluster: a call to an RPC listed here goes through the
+	// Persisted lists RPCs declared persisted, as "Type.Rpc" (see
+	// PersistedRPCs), besides those the runners' type descriptions declare
+	// (WithTypes): a call to a persisted RPC goes through the
 	// persisted-message stream, a call to any other RPC by request/reply.
+	// Without WithTypes, only those listed here are persisted.
 	Persisted []string
 	// MaxBodyBytes bounds a request body; larger bodies get 413. The NATS
 	// server's max_payload bounds it too.
@@ -142,6 +145,7 @@ type Gateway struct {
 	client    Caller
 	cfg       Config
 	persisted map[string]bool
+	types     *typeCache // nil without WithTypes
 	log       *slog.Logger
 }
 
@@ -191,8 +195,12 @@ type errorBody struct {
 	Detail  json.RawMessage `json:"detail,omitempty"`
 }
 
-// ServeHTTP serves POST /v1/{type}/{id}/{rpc}.
+// ServeHTTP serves POST /v1/{type}/{id}/{rpc}, and GET /openapi.json.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == OpenAPIPath {
+		g.serveOpenAPI(w, r)
+		return
+	}
 	start := time.Now()
 	call, status, body := g.serve(w, r)
 	if body == nil {
@@ -218,7 +226,8 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 		}
 		return call, status, eb
 	}
-	timeout, status, eb := g.options(w, r, &call)
+	kind := g.kind(r.Context(), call)
+	timeout, status, eb := g.options(w, r, &call, kind)
 	if eb != nil {
 		return call, status, eb
 	}
@@ -227,6 +236,10 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) (mesh.RawCall, i
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
+	if format := streamFormat(r, kind); format != "" {
+		status, eb := g.stream(ctx, w, call, format)
+		return call, status, eb
+	}
 	reply, err := g.client.CallRaw(ctx, call)
 	if err != nil {
 		status, body := errorResponse(err)
@@ -272,7 +285,7 @@ func route(r *http.Request) (mesh.RawCall, int, *errorBody) {
 // options reads the request's headers into call: its content type, time
 // budget (returned) and, for a persisted RPC, its idempotency key (the
 // message id, generated when there is none, is set on the response).
-func (g *Gateway) options(w http.ResponseWriter, r *http.Request, call *mesh.RawCall) (time.Duration, int, *errorBody) {
+func (g *Gateway) options(w http.ResponseWriter, r *http.Request, call *mesh.RawCall, kind rpcKind) (time.Duration, int, *errorBody) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
@@ -290,7 +303,7 @@ func (g *Gateway) options(w http.ResponseWriter, r *http.Request, call *mesh.Raw
 			timeout = time.Duration(ms) * time.Millisecond
 		}
 	}
-	persisted := g.persisted[call.EntityType+"."+call.RPC]
+	persisted := g.persisted[call.EntityType+"."+call.RPC] || kind.persisted
 	if key, ok := r.Header[http.CanonicalHeaderKey(HeaderIdempotencyKey)]; ok {
 		if !persisted {
 			return 0, http.StatusBadRequest, &errorBody{Code: protocol.CodeBadRequest, Message: fmt.Sprintf(
@@ -312,6 +325,15 @@ func (g *Gateway) options(w http.ResponseWriter, r *http.Request, call *mesh.Raw
 		w.Header().Set(HeaderMsgID, call.MessageID)
 	}
 	return timeout, 0, nil
+}
+
+// kind returns what the runners' type descriptions say of call's RPC.
+func (g *Gateway) kind(ctx context.Context, call mesh.RawCall) rpcKind {
+	if g.types == nil {
+		return rpcKind{}
+	}
+	_, kinds := g.types.get(ctx)
+	return kinds[call.EntityType+"."+call.RPC]
 }
 
 // body reads the request's body, bounded by Config.MaxBodyBytes.

@@ -29,7 +29,7 @@ func TestBadConfig(t *testing.T) {
 		{[]string{"-log-level", "chatty"}, "log-level"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 		{[]string{"-listen", "nowhere:port", "-nats", "nats://127.0.0.1:1"}, "config: listen: "},
-		{[]string{"-listen", "127.0.0.1:0", "-nats", "nats://127.0.0.1:1"}, "connect to NATS at nats://127.0.0.1:1"},
+		{[]string{"-listen", "127.0.0.1:0", "-nats", "nats://127.0.0.1:1", "-connect-wait", "0s"}, "connect to NATS at nats://127.0.0.1:1"},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			err := run(context.Background(), tt.args, io.Discard, io.Discard)
