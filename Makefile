@@ -50,7 +50,7 @@ FUZZ_TARGETS = ./mesh/protocol:FuzzIDHeader ./mesh/protocol:FuzzParseCall ./mesh
 	./mesh:FuzzAssignmentRecord ./mesh:FuzzStreamControl ./mesh/protocol:FuzzParseSubjects ./mesh/protocol:FuzzReplyKey \
 	./mesh:FuzzPersistedMessage ./jetstream:FuzzLeaseValue ./jetstream:FuzzLeaseHeaders \
 	./jetstream:FuzzWatchEvent ./mesh/internal/assign:FuzzCompute ./jetstream:FuzzToken \
-	./internal/cronexpr:FuzzNext
+	./internal/cronexpr:FuzzNext ./mesh/protocol:FuzzStrictJSON
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$pkg $$fn"; \
 		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done

@@ -46,6 +46,11 @@ func newProcess(name, version string, parts cli.Parts, tracing bool, stdout, std
 	p := &process{name: name, stdout: stdout, stderr: stderr}
 	p.s = cli.NewSettings(name, stderr)
 	p.s.SetOutput(stdout)
+	fs := p.s.FlagSet()
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: %s [flags]\n\nEvery flag is also an environment variable and a key of the -config file (docs/configuration.md).\n\nflags:\n", name)
+		fs.PrintDefaults()
+	}
 	p.s.SetVersion(version)
 	p.version = cli.Version(version)
 	p.conn.Register(p.s)

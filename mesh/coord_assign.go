@@ -61,6 +61,9 @@ func (c *coordinator) onAssignment(e natsjs.KeyValueEntry) {
 		}
 	}
 	c.noteRefusal(group, a.Refused)
+	if a.Runners == nil || slices.Contains(a.Runners, c.id) {
+		c.seen = true // by a manager that predates the list, or that planned with this runner
+	}
 }
 
 // noteRefusal records whether the shard manager refused this runner the

@@ -38,6 +38,7 @@ type coordinator struct {
 	wake     chan struct{}
 	stopOnce sync.Once
 	looping  atomic.Bool // start was called
+	seen     bool        // an assignment names this runner (or predates the list); under mu
 
 	mu      sync.Mutex
 	desired map[ShardID]bool
@@ -450,6 +451,8 @@ func (c *coordinator) unsettled() error {
 		return errors.New("assignments not read yet")
 	case c.leaving:
 		return errors.New("leaving the cluster")
+	case !c.solo && !c.seen:
+		return errors.New("waiting for the shard manager to plan with this runner (no assignment names it yet)")
 	}
 	if len(c.refused) > 0 {
 		g := slices.Min(slices.Collect(maps.Keys(c.refused)))

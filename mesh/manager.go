@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -291,7 +292,8 @@ func (t *term) rebalance(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		a := Assignment{Group: g, Shards: next.Shards, Manager: t.m.id, Updated: time.Now().UTC(), Types: next.Types, Refused: next.Refused}
+		a := next
+		a.Group, a.Manager, a.Updated = g, t.m.id, time.Now().UTC()
 		b, _ := json.Marshal(a)
 		var rev uint64
 		var err error
@@ -308,7 +310,7 @@ func (t *term) rebalance(ctx context.Context) {
 			continue
 		}
 		t.current[g] = current{a: a, rev: rev, ok: true}
-		t.m.log.Info("assignment updated", "group", g, "runners", len(a.Shards), "moved", len(assign.Moves(cur.a.Shards, next.Shards)))
+		t.m.log.Info("assignment updated", "group", g, "shards", len(a.Shards), "runners", len(a.Runners), "moved", len(assign.Moves(cur.a.Shards, next.Shards)))
 	}
 }
 
@@ -317,7 +319,7 @@ func (t *term) rebalance(ctx context.Context) {
 // logged when they change.
 func (t *term) next(g string, cur Assignment) (Assignment, bool) {
 	plan := planGroup(g, t.live, t.m.cfg.groupOf)
-	next := Assignment{Shards: cur.Shards, Types: plan.types, Refused: plan.refused}
+	next := Assignment{Shards: cur.Shards, Types: plan.types, Refused: plan.refused, Runners: slices.Sorted(maps.Keys(t.live))}
 	if plan.conflict {
 		if !slices.EqualFunc(cur.Refused, plan.refused, refusalEqual) {
 			t.m.log.Error("no runner hosts every entity type of the group: its assignment is kept as it was", "group", g, "types", plan.types, "refused", plan.refused)
@@ -335,7 +337,7 @@ func (t *term) next(g string, cur Assignment) (Assignment, bool) {
 		}
 	}
 	same := slices.Equal(next.Shards, cur.Shards) && slices.Equal(next.Types, cur.Types) && (cur.Types != nil || next.Types == nil) &&
-		slices.EqualFunc(next.Refused, cur.Refused, refusalEqual)
+		slices.EqualFunc(next.Refused, cur.Refused, refusalEqual) && slices.Equal(next.Runners, cur.Runners)
 	return next, !same
 }
 

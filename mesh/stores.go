@@ -169,6 +169,10 @@ type Assignment struct {
 	// runners that host only some of them (hosting.go).
 	Types   []string  `json:"types"`
 	Refused []Refusal `json:"refused,omitempty"`
+	// Runners are the live runners the manager planned with, sorted: a
+	// runner absent from every group's list has not been seen yet (its
+	// readiness waits for it). Nil when the manager predates them.
+	Runners []string `json:"runners,omitempty"`
 }
 
 func decodeAssignment(b []byte) (Assignment, error) {

@@ -75,7 +75,7 @@ var meshBindings = []binding{
 
 	{Runner, "id", "RunnerID", "runner id, unique per process incarnation (default: generated)", "NATSMESH_RUNNER_ID"},
 	{Runner, "weight", "RunnerWeight", "share of shards relative to other runners", "NATSMESH_RUNNER_WEIGHT"},
-	{Runner, "standalone", "Standalone", "serve every shard with no shard manager or leases (one runner only)", ""},
+	{Runner, "standalone", "Standalone", "serve every shard with no shard manager (one runner only; refused where a cluster of the prefix is live)", ""},
 }
 
 // fastFields are the fields -fast-failover presets; an explicit setting of

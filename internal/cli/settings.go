@@ -34,7 +34,7 @@ const (
 // configuration file key). Every configuration error a binary reports at
 // start is one.
 type FieldError struct {
-	Key    string // flag name and file key, e.g. "shards"
+	Key    string // flag name and file key, e.g. "shards"; empty for the file as a whole
 	From   string // where the value came from: "-shards", "env NATSMESH_SHARDS", "runner.yaml:3", or "" for a default
 	Reason string // what is wrong, e.g. "must be >= 1, got 0"
 	Err    error  // the underlying error, if any
@@ -42,6 +42,9 @@ type FieldError struct {
 
 func (e *FieldError) Error() string {
 	s := "config: " + e.Key + ": " + e.Reason
+	if e.Key == "" { // the configuration file as a whole
+		s = "config: " + e.Reason
+	}
 	if e.From != "" {
 		s += " (from " + e.From + ")"
 	}
@@ -349,11 +352,11 @@ type fileValue struct {
 // leaves a setting at its default.
 func (s *Settings) readFile(path string) (map[string]fileValue, error) {
 	bad := func(where, format string, args ...any) error {
-		return &FieldError{Key: "config", From: where, Reason: fmt.Sprintf(format, args...)}
+		return &FieldError{From: where, Reason: fmt.Sprintf(format, args...)}
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &FieldError{Key: "config", Reason: err.Error(), Err: err}
+		return nil, &FieldError{Reason: err.Error(), Err: err}
 	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {

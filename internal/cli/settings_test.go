@@ -173,7 +173,7 @@ func TestErrorsNameTheSetting(t *testing.T) {
 		{"exclusive auth", []string{"-token", "x", "-user", "u"}, nil, "", "config: creds: creds, nkey, user and token are exclusive"},
 		{"password alone", nil, map[string]string{"NATS_PASSWORD": "p"}, "", "config: password: password needs user"},
 		{"missing creds file", []string{"-creds", "/does/not/exist"}, nil, "", "config: creds: stat /does/not/exist"},
-		{"missing config file", []string{"-config", "/does/not/exist.yaml"}, nil, "", "config: config: open /does/not/exist.yaml"},
+		{"missing config file", []string{"-config", "/does/not/exist.yaml"}, nil, "", "config: open /does/not/exist.yaml"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

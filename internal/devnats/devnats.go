@@ -5,6 +5,7 @@ package devnats
 import (
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"time"
 
@@ -16,7 +17,8 @@ type Options struct {
 	// Listen is host:port for clients; empty means no TCP listener (only
 	// in-process connections).
 	Listen string
-	// StoreDir holds JetStream data; empty means a memory-only server.
+	// StoreDir holds JetStream data; empty means a fresh temporary folder,
+	// removed when the server shuts down.
 	StoreDir string
 	// Name is the server name.
 	Name string
@@ -47,13 +49,28 @@ func Start(o Options) (*server.Server, error) {
 		}
 		so.Host, so.Port = host, p
 	}
+	temp := ""
 	if o.StoreDir == "" {
-		so.JetStreamMaxStore = -1
-		so.StoreDir = ""
+		// Not the server's default folder (shared by every server without
+		// one): a fresh one, so nothing survives this server.
+		var err error
+		if temp, err = os.MkdirTemp("", "natsmesh-dev-"); err != nil {
+			return nil, err
+		}
+		so.StoreDir = temp
 	}
 	s, err := server.NewServer(so)
 	if err != nil {
+		if temp != "" {
+			_ = os.RemoveAll(temp)
+		}
 		return nil, fmt.Errorf("nats-server: %w", err)
+	}
+	if temp != "" {
+		go func() {
+			s.WaitForShutdown()
+			_ = os.RemoveAll(temp)
+		}()
 	}
 	go s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {

@@ -208,9 +208,8 @@ func TestPersistedFailover(t *testing.T) {
 	if backlog == 0 {
 		t.Fatal("no message stored before the kill was left for the survivors")
 	}
-	// Order: per entity, replies in send order never go backwards, except
-	// once where the entity moved (its in-memory state restarts on the new
-	// owner).
+	// Order: per entity, replies in send order never go backwards (the
+	// Counter's value is durable state: it survives the move).
 	perEntity := map[int][]int{}
 	for _, s := range all { // in store order per sender; merge by entity
 		perEntity[s.entity] = append(perEntity[s.entity], values[s.id])
@@ -222,8 +221,8 @@ func TestPersistedFailover(t *testing.T) {
 				drops++
 			}
 		}
-		if allowed := map[bool]int{true: 1, false: 0}[onVictim(e)]; drops > allowed {
-			t.Errorf("%s: replies %v go backwards %d times, want at most %d", entityID(e), vs, drops, allowed)
+		if drops > 0 {
+			t.Errorf("%s (on the killed runner: %v): replies %v go backwards %d times", entityID(e), onVictim(e), vs, drops)
 		}
 	}
 	for _, err := range failures {
