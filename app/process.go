@@ -138,11 +138,23 @@ func (p *process) close() {
 // may reach the output, so what a human would read is logged instead.
 func (p *process) jsonLogs() bool { return p.logging.Format == "json" }
 
+// inMain marks the context of a Run called by Main.
+type inMain struct{}
+
+// setDefaultLogger makes the process's logger slog's default, so that the
+// user's own slog calls (in handlers and singletons) follow -log-level and
+// -log-format: only when Run was called by Main, which owns the process.
+func (p *process) setDefaultLogger(ctx context.Context) {
+	if ctx.Value(inMain{}) != nil {
+		slog.SetDefault(p.log)
+	}
+}
+
 // mainOf runs run with the process's arguments until SIGINT or SIGTERM,
 // then exits: status 0 for success, -h, -version and -print-config, else 1
 // with the error on stderr after the binary's name.
 func mainOf(name string, run func(ctx context.Context, args []string, stdout, stderr io.Writer) error) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.WithValue(context.Background(), inMain{}, true), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	cli.Exit(name, err)

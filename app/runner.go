@@ -40,10 +40,12 @@ type Runner struct {
 }
 
 // Singleton is a function that runs on one runner of the cluster at a
-// time, restarted elsewhere when that runner goes.
+// time, restarted elsewhere when that runner goes (mesh.Runner.
+// RegisterSingleton has the details). Run gets the runner's client, to call
+// entities.
 type Singleton struct {
 	Name string
-	Run  func(ctx context.Context) error
+	Run  func(ctx context.Context, client *mesh.Client) error
 }
 
 // Main runs the runner with the process's arguments until SIGINT or
@@ -76,6 +78,7 @@ func (rb Runner) Run(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	defer p.close()
+	p.setDefaultLogger(ctx)
 
 	var (
 		nc *nats.Conn
@@ -154,7 +157,11 @@ func (rb Runner) start(ctx context.Context, nc *nats.Conn, cfg mesh.Config, p *p
 		}
 	}
 	for _, s := range rb.Singletons {
-		if err := r.RegisterSingleton(s.Name, s.Run); err != nil {
+		if s.Run == nil {
+			return nil, fmt.Errorf("%w: singleton %q has no Run", mesh.ErrInvalidOption, s.Name)
+		}
+		client := r.Client()
+		if err := r.RegisterSingleton(s.Name, func(ctx context.Context) error { return s.Run(ctx, client) }); err != nil {
 			return nil, err
 		}
 	}

@@ -332,8 +332,9 @@ func (g *Gateway) kind(ctx context.Context, call mesh.RawCall) rpcKind {
 	if g.types == nil {
 		return rpcKind{}
 	}
-	_, kinds := g.types.get(ctx)
-	return kinds[call.EntityType+"."+call.RPC]
+	key := call.EntityType + "." + call.RPC
+	_, kinds := g.types.get(ctx, key)
+	return kinds[key]
 }
 
 // body reads the request's body, bounded by Config.MaxBodyBytes.

@@ -26,7 +26,7 @@ func (g *Gateway) serveOpenAPI(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusNotFound, &errorBody{Code: CodeNotFound, Message: "this gateway does not read the runners' type descriptions (gateway.WithTypes), so it has no OpenAPI document"})
 		return
 	}
-	types, _ := g.types.get(r.Context())
+	types, _ := g.types.get(r.Context(), "")
 	doc, err := OpenAPI(types, g.persisted)
 	if err != nil {
 		writeJSONError(w, http.StatusInternalServerError, &errorBody{Code: CodeInternal, Message: err.Error()})

@@ -36,8 +36,12 @@ const (
 	// typesFresh is how long the gateway trusts what it read of the types:
 	// a new RPC is known this long after its runner starts.
 	typesFresh = 3 * time.Second
-	// typesFirstRead bounds the first read, which a request waits for.
+	// typesFirstRead bounds a read a request waits for: the first, or one
+	// for an RPC the last read did not have.
 	typesFirstRead = 2 * time.Second
+	// typesRecheck is how often an RPC the types lack makes a request
+	// wait for a new read: it may belong to a type deployed since.
+	typesRecheck = 250 * time.Millisecond
 )
 
 // rpcKind is what the gateway must know of an RPC to call it.
@@ -59,17 +63,22 @@ type typeCache struct {
 	loaded  chan struct{} // closed when the running read ends
 }
 
-// get returns the types, reading them if none were read yet (bounded by
-// typesFirstRead) and starting a background re-read of stale ones.
-func (c *typeCache) get(ctx context.Context) ([]mesh.ClusterType, map[string]rpcKind) {
+// get returns the types, reading them if none were read yet, or if they
+// lack the RPC key names ("Type.Rpc"; empty: none) and were read more than
+// typesRecheck ago (a type deployed since), waiting up to typesFirstRead;
+// and starting a background re-read of stale ones.
+func (c *typeCache) get(ctx context.Context, key string) ([]mesh.ClusterType, map[string]rpcKind) {
 	c.mu.Lock()
 	if !c.read.IsZero() {
-		if time.Since(c.read) > typesFresh && !c.loading {
-			c.startLoad()
+		_, known := c.kinds[key]
+		if known || key == "" || time.Since(c.read) < typesRecheck {
+			if time.Since(c.read) > typesFresh && !c.loading {
+				c.startLoad()
+			}
+			types, kinds := c.types, c.kinds
+			c.mu.Unlock()
+			return types, kinds
 		}
-		types, kinds := c.types, c.kinds
-		c.mu.Unlock()
-		return types, kinds
 	}
 	if !c.loading {
 		c.startLoad()

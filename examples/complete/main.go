@@ -1,99 +1,85 @@
-// Command complete is the seed's complete example without its singleton: an
-// embedded NATS server, a runner hosting a Counter with unbounded concurrency
-// and a 10 s idle time, and a client calling it by id from anywhere.
+// Command complete is the complete example of @effect/cluster's guide, in
+// Go: a Counter entity with in-memory state, unbounded concurrency and a
+// 10 s idle time, and a SendMessage singleton that calls it. The singleton
+// runs on one runner of the cluster at a time, so however many runners
+// there are, the log shows "Client" 1, 2, 1 once.
+//
+// One process (an embedded NATS server, a shard manager, the gateway and
+// this runner):
+//
+//	go run ./examples/complete -dev
+//
+// Three runner processes on a NATS server (start the shard manager last,
+// so that it assigns the shards once, to all three):
+//
+//	nats-server -js &
+//	go run ./examples/complete -id r1 & go run ./examples/complete -id r2 & go run ./examples/complete -id r3 &
+//	go run ./cmd/shardmgr
 package main
 
 import (
 	"context"
-	"fmt"
-	"log"
-	"os"
+	"log/slog"
+	"sync"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-
 	"github.com/natsmesh/natsmesh/actor"
+	"github.com/natsmesh/natsmesh/app"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
+// Amount is the payload of Increment and Decrement.
 type Amount struct {
 	Amount int `json:"amount"`
 }
 
+// The Counter entity and its RPCs.
 var (
 	Counter   = actor.NewEntity("Counter")
 	Increment = actor.NewRPC[Amount, int](Counter, "Increment")
 	Decrement = actor.NewRPC[Amount, int](Counter, "Decrement")
 )
 
+// CounterLive implements Counter.
 var CounterLive = actor.Implement(Counter, func(self *actor.Instance) ([]actor.Handler, error) {
-	log.Println("Creating Counter", self.Address())
-	state := 0 // in-memory state: fast reads, instant writes
-	self.OnStop(func(context.Context) { log.Println("Finalizing", state) })
-	// With unbounded concurrency the handlers may run at once: guard state.
-	var mu = make(chan struct{}, 1)
-	update := func(d int) int { mu <- struct{}{}; state += d; v := state; <-mu; return v }
+	if !self.Probe() { // Register runs init once to check the handlers: not an activation
+		slog.Info("Creating Counter", "address", self.Address().String())
+	}
+	// In-memory state: fast reads, instant writes, gone when the entity
+	// passivates or moves (package durablestate keeps it).
+	var (
+		mu    sync.Mutex // unbounded concurrency: handlers may run at once
+		state int
+	)
+	update := func(d int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		state += d
+		return state
+	}
+	self.OnStop(func(context.Context) { slog.Info("Finalizing", "state", update(0)) })
 	return []actor.Handler{
 		actor.Handle(Increment, func(_ context.Context, a Amount) (int, error) { return update(a.Amount), nil }),
 		actor.Handle(Decrement, func(_ context.Context, a Amount) (int, error) { return update(-a.Amount), nil }),
 	}, nil
 }, actor.MaxIdleTime(10*time.Second), actor.Concurrency(actor.Unbounded))
 
-func main() {
-	// A NATS server inside this process (use a real cluster in production),
-	// its JetStream data in a folder of its own, removed at the end.
-	dir, err := os.MkdirTemp("", "natsmesh-complete")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	ns, err := server.NewServer(&server.Options{DontListen: true, JetStream: true, JetStreamMaxStore: -1, NoSigs: true, StoreDir: dir})
-	if err != nil {
-		log.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		log.Fatal("nats-server not ready")
-	}
-	defer ns.Shutdown()
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer nc.Close()
-
-	ctx := context.Background()
-	cfg := mesh.DefaultConfig()
-	cfg.Standalone = true // one runner: no shard manager needed
-	runner, err := mesh.NewRunner(nc, cfg)
-	if err != nil {
-		log.Fatal(err)
-	}
-	if err := runner.Register(CounterLive); err != nil {
-		log.Fatal(err)
-	}
-	if err := runner.Start(ctx); err != nil {
-		log.Fatal(err)
-	}
-
-	client, err := mesh.NewClient(nc, mesh.DefaultConfig().ClientConfig)
-	if err != nil {
-		log.Fatal(err)
-	}
-	for i, step := range []struct {
-		rpc actor.RPC[Amount, int]
-		n   int
-	}{{Increment, 1}, {Increment, 1}, {Decrement, 1}} {
-		v, err := mesh.Call(ctx, client, step.rpc, "test", Amount{step.n})
+// SendMessage calls the Counter "test" three times, from wherever it runs.
+var SendMessage = app.Singleton{Name: "SendMessage", Run: func(ctx context.Context, client *mesh.Client) error {
+	for i, step := range []actor.RPC[Amount, int]{Increment, Increment, Decrement} {
+		v, err := mesh.Call(ctx, client, step, "test", Amount{Amount: 1})
 		if err != nil {
-			log.Fatal(err)
+			return err // restarted after a backoff
 		}
-		fmt.Printf("Client %d: %d\n", i+1, v)
+		slog.Info("Client", "call", i+1, "value", v)
 	}
-	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	if err := runner.Shutdown(sctx); err != nil {
-		log.Fatal(err)
-	}
+	return nil // done: not run again unless it moves to another runner
+}}
+
+func main() {
+	app.Runner{
+		Name:       "complete",
+		Behaviors:  []*actor.Behavior{CounterLive},
+		Singletons: []app.Singleton{SendMessage},
+	}.Main()
 }
