@@ -197,3 +197,28 @@ func TestInventoryMixedCluster(t *testing.T) {
 		}
 	}
 }
+
+// The README's "In 20 lines" (examples/quickstart) runs with -dev and
+// answers the curl command it prints.
+func TestQuickstart(t *testing.T) {
+	bin := filepath.Join(cmdtest.Build(t, "./examples/quickstart"), "quickstart")
+	p := proctest.Start(t, "quickstart", bin, "-dev", "-dev-listen", freeAddr(t), "-dev-gateway", freeAddr(t), "-data", filepath.Join(t.TempDir(), "nats"))
+	curl := regexp.MustCompile(`curl -s (http://\S+/v1/Counter/id-1/Increment) -H 'Content-Type: application/json' -d '(\{"amount":0\})'`)
+	var m []string
+	natstest.WaitFor(t, 60*time.Second, func() bool {
+		if p.Exited() {
+			t.Fatalf("exited: %s\n%s", p.Status(), p.Output())
+		}
+		m = curl.FindStringSubmatch(p.Output())
+		return m != nil
+	}, "the printed curl command")
+	resp, err := http.Post(m[1], "application/json", strings.NewReader(`{"amount":5}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "5" {
+		t.Fatalf("the printed curl, with amount 5: %d %s", resp.StatusCode, b)
+	}
+}
