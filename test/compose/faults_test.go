@@ -1240,29 +1240,24 @@ func digit(d []int, k int) int {
 }
 
 // checkDeposits checks one entity's deposits against their stored replies
-// and its final state. The Counter keeps its state in memory: a new
-// activation (after a move) starts from zero, so the state is the sum of
-// the deposits its activation applied, and a reply lists them (digits).
-// Deposits are sent one at a time and handled in the order stored, so:
+// and its final state. The Counter keeps its value as durable state, so
+// the state is the sum of every deposit applied, and a reply lists them
+// (digits). Deposits are sent one at a time and handled in the order
+// stored, so:
 //
 //   - an acknowledged deposit has a stored reply (it was handled, not
 //     lost);
 //   - every reply holds its own deposit once and none twice;
-//   - the reply of an acknowledged deposit k from an activation that began
-//     at deposit s holds every acknowledged deposit from s to k, and none
-//     after k (one missing was applied elsewhere: two activations at once);
-//   - activations begin at non-decreasing deposits (an older one
-//     answering after a newer one is a stale runner);
-//   - the final state is 0 (a fresh activation) or the last state of the
-//     activation it continues.
+//   - the reply of an acknowledged deposit k holds every acknowledged
+//     deposit before it, and none after k: the effect of an acknowledged
+//     deposit is never lost, by a move, a crash or a passivation;
+//   - the final state holds every acknowledged deposit.
 //
 // A deposit whose every send failed may have been stored late, out of
 // order, so only its own digit is checked.
 func checkDeposits(e *depEntity) []string {
 	var bad []string
 	fail := func(format string, args ...any) { bad = append(bad, e.id+": "+fmt.Sprintf(format, args...)) }
-	began := map[int]int{} // activation's first deposit -> its largest state seen
-	lastBegin := 0
 	for _, d := range e.deps {
 		switch {
 		case d.err != nil:
@@ -1278,16 +1273,11 @@ func checkDeposits(e *depEntity) []string {
 		if digit(dg, d.k) != 1 {
 			fail("deposit %d in its own reply %d times (reply %d)", d.k, digit(dg, d.k), d.reply)
 		}
-		begin := -1
 		for j, x := range dg {
 			if x > 1 {
 				fail("reply of deposit %d holds deposit %d %d times", d.k, j, x)
 			}
-			if x > 0 && begin < 0 {
-				begin = j
-			}
 		}
-		began[begin] = max(began[begin], d.reply)
 		if !d.acked {
 			continue
 		}
@@ -1296,24 +1286,23 @@ func checkDeposits(e *depEntity) []string {
 				fail("reply of deposit %d holds the later deposit %d", d.k, j)
 			}
 		}
-		for j := max(begin, 0); j < d.k; j++ {
+		for j := 0; j < d.k; j++ {
 			if e.deps[j].acked && dg[j] != 1 {
-				fail("reply of deposit %d (activation from deposit %d) lacks acknowledged deposit %d: applied by another activation", d.k, begin, j)
+				fail("reply of deposit %d lacks acknowledged deposit %d: its effect was lost (or applied by another activation)", d.k, j)
 			}
 		}
-		if begin < lastBegin {
-			fail("deposit %d answered by an activation from deposit %d after one from deposit %d had answered: a stale activation", d.k, begin, lastBegin)
-		}
-		lastBegin = max(lastBegin, begin)
 	}
-	switch {
-	case e.finalErr != nil:
+	if e.finalErr != nil {
 		fail("GetValue after the load: %v", e.finalErr)
-	case e.final != 0:
-		dg := digits(e.final)
-		begin := slices.IndexFunc(dg, func(x int) bool { return x > 0 })
-		if want, ok := began[begin]; !ok || e.final != want {
-			fail("final state %d, want 0 or the last state of the activation from deposit %d (%d)", e.final, begin, want)
+		return bad
+	}
+	final := digits(e.final)
+	for _, d := range e.deps {
+		switch x := digit(final, d.k); {
+		case d.acked && x != 1:
+			fail("final state %d holds acknowledged deposit %d %d times, want once", e.final, d.k, x)
+		case x > 1:
+			fail("final state %d holds deposit %d %d times", e.final, d.k, x)
 		}
 	}
 	return bad
