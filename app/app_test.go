@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,37 +52,9 @@ func greeter() *actor.Behavior {
 
 var greeterRunner = app.Runner{Name: "greeter", Version: "1.2.3", Behaviors: []*actor.Behavior{greeter()}}
 
-// syncBuffer is a bytes.Buffer safe for the process and the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // proc is a Run in a goroutine, stopped at the test's end.
 type proc struct {
-	out, errs syncBuffer
+	out, errs natstest.Buffer
 	done      chan error
 	cancel    context.CancelFunc
 }
@@ -125,7 +96,7 @@ func (p *proc) waitOut(t *testing.T, re *regexp.Regexp) []string {
 }
 
 func devArgs(t *testing.T, data string) []string {
-	return []string{"-dev", "-dev-listen", freeAddr(t), "-dev-gateway", freeAddr(t), "-data", data, "-log-level", "warn"}
+	return []string{"-dev", "-dev-listen", natstest.FreeAddr(t), "-dev-gateway", natstest.FreeAddr(t), "-data", data, "-log-level", "warn"}
 }
 
 // -dev on the user's own binary: the banner prints commands for the user's
@@ -247,7 +218,7 @@ func TestArgumentsAndVersion(t *testing.T) {
 	}
 
 	s := natstest.StartServer(t)
-	web := freeAddr(t)
+	web := natstest.FreeAddr(t)
 	p := start(t, greeterRunner.Run, "-nats", s.ClientURL(), "-standalone", "-http", web, "-id", "g1", "-log-level", "warn")
 	natstest.WaitFor(t, 20*time.Second, func() bool {
 		resp, err := http.Get("http://" + web + "/readyz")

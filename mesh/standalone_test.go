@@ -1,7 +1,6 @@
 package mesh_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -134,7 +133,7 @@ func TestClusterRunnerRefusesStandalone(t *testing.T) {
 func TestStandaloneRestartAfterCrash(t *testing.T) {
 	cfg := clusterConfig()
 	s := natstest.StartServer(t)
-	start := func(id string, log *syncBuffer) (*mesh.Runner, *nats.Conn) {
+	start := func(id string, log *natstest.Buffer) (*mesh.Runner, *nats.Conn) {
 		c := cfg
 		c.Standalone, c.RunnerID = true, id
 		nc, err := nats.Connect(s.ClientURL())
@@ -154,7 +153,7 @@ func TestStandaloneRestartAfterCrash(t *testing.T) {
 		}
 		return r, nc
 	}
-	first, firstNC := start("first", &syncBuffer{})
+	first, firstNC := start("first", &natstest.Buffer{})
 	client, _ := newClient(t, s.ClientURL(), cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -163,7 +162,7 @@ func TestStandaloneRestartAfterCrash(t *testing.T) {
 	}
 	// The crash: the connection goes, the runner never shuts down.
 	firstNC.Close()
-	var log syncBuffer
+	var log natstest.Buffer
 	second, _ := start("second", &log)
 	t.Cleanup(func() {
 		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -177,24 +176,6 @@ func TestStandaloneRestartAfterCrash(t *testing.T) {
 	if _, err := mesh.Call(ctx, client, Increment, "a", Amount{Amount: 1}); err != nil {
 		t.Fatalf("after the restart: %v", err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // A standalone runner and a cluster's runner started at once: each writes

@@ -22,7 +22,7 @@ func TestSecureServer(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr, health := freeAddr(t), freeAddr(t)
+	addr, health := natstest.FreeAddr(t), natstest.FreeAddr(t)
 	done := make(chan error, 1)
 	args := append(append([]string{}, sec.Flags...), "-inbox-prefix", "_INBOX.gateway", "-shards", "8", "-listen", addr, "-http", health, "-log-level", "error")
 	go func() { done <- run(ctx, args, io.Discard, io.Discard) }()

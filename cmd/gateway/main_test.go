@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -47,7 +46,7 @@ func TestServes(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr, health := freeAddr(t), freeAddr(t)
+	addr, health := natstest.FreeAddr(t), natstest.FreeAddr(t)
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-nats", srv.ClientURL(), "-shards", "8", "-listen", addr, "-http", health, "-log-level", "error"}, io.Discard, io.Discard)
@@ -97,14 +96,4 @@ func TestServes(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("run: %v", err)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

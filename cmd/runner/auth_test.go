@@ -7,6 +7,7 @@ import (
 
 	"github.com/natsmesh/natsmesh/examples/counter"
 	"github.com/natsmesh/natsmesh/internal/testkit/authtest"
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
@@ -16,7 +17,7 @@ func TestSecureServer(t *testing.T) {
 	sec := authtest.StartSecure(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var out, errs syncBuffer
+	var out, errs natstest.Buffer
 	go func() {
 		done <- run(ctx, append(sec.Flags, "-standalone", "-shards", "8", "-log-level", "error"), &out, &errs)
 	}()

@@ -6,14 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,40 +24,13 @@ import (
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
-// syncBuffer is a bytes.Buffer safe for the runner and the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // Dev mode starts a server and a runner; the printed URL serves calls.
 func TestDevMode(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errs syncBuffer
+	var out, errs natstest.Buffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"-dev", "-dev-listen", freeAddr(t), "-dev-gateway", freeAddr(t), "-data", filepath.Join(t.TempDir(), "nats"), "-log-level", "warn"}, &out, &errs)
+		done <- run(ctx, []string{"-dev", "-dev-listen", natstest.FreeAddr(t), "-dev-gateway", natstest.FreeAddr(t), "-data", filepath.Join(t.TempDir(), "nats"), "-log-level", "warn"}, &out, &errs)
 	}()
 	urlRE := regexp.MustCompile(`NATS on (nats://[^\s,]+)`)
 	var url string
@@ -136,7 +107,7 @@ func TestBadConfig(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
-			var out, errs syncBuffer
+			var out, errs natstest.Buffer
 			err := run(context.Background(), tt.args, &out, &errs)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("run(%v) = %v, want an error containing %q", tt.args, err, tt.want)
@@ -218,10 +189,10 @@ func TestReadyzFlips(t *testing.T) {
 	go func() { managerDone <- m.Run(mctx) }()
 	t.Cleanup(func() { stopManager(); <-managerDone })
 
-	addr := freeAddr(t)
+	addr := natstest.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var out, errs syncBuffer
+	var out, errs natstest.Buffer
 	go func() {
 		done <- run(ctx, []string{"-nats", s.ClientURL(), "-shards", "4", "-id", "r1", "-http", addr, "-log-level", "warn"}, &out, &errs)
 	}()

@@ -7,7 +7,6 @@ package examples_test
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -28,16 +27,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 var clientLine = regexp.MustCompile(`msg=Client .*?call=(\d) value=(-?\d+)`)
 
 // clientCalls returns the singleton's log lines, as "call:value".
@@ -54,7 +43,7 @@ func clientCalls(outputs ...string) []string {
 // go run ./examples/complete -dev: one process, the singleton's 1, 2, 1.
 func TestCompleteOneProcess(t *testing.T) {
 	bin := filepath.Join(cmdtest.Build(t, "./examples/complete", "./cmd/shardmgr"), "complete")
-	p := proctest.Start(t, "complete", bin, "-dev", "-dev-listen", freeAddr(t), "-dev-gateway", freeAddr(t), "-data", filepath.Join(t.TempDir(), "nats"))
+	p := proctest.Start(t, "complete", bin, "-dev", "-dev-listen", natstest.FreeAddr(t), "-dev-gateway", natstest.FreeAddr(t), "-data", filepath.Join(t.TempDir(), "nats"))
 	natstest.WaitFor(t, 60*time.Second, func() bool {
 		if p.Exited() {
 			t.Fatalf("exited: %s\n%s", p.Status(), p.Output())
@@ -136,7 +125,7 @@ func TestInventoryMixedCluster(t *testing.T) {
 	bins := cmdtest.Build(t, "./examples/inventory", "./cmd/runner", "./cmd/shardmgr", "./cmd/gateway")
 	s := natstest.StartServer(t)
 	common := []string{"-nats", s.ClientURL(), "-shards", "12", "-shard-groups", "default,inventory", "-entity-groups", "Inventory=inventory"}
-	gw := freeAddr(t)
+	gw := natstest.FreeAddr(t)
 	procs := []*proctest.Proc{
 		proctest.Start(t, "shardmgr", filepath.Join(bins, "shardmgr"), common...),
 		proctest.Start(t, "runner", filepath.Join(bins, "runner"), append([]string{"-id", "counter-1"}, common...)...),
@@ -202,7 +191,7 @@ func TestInventoryMixedCluster(t *testing.T) {
 // answers the curl command it prints.
 func TestQuickstart(t *testing.T) {
 	bin := filepath.Join(cmdtest.Build(t, "./examples/quickstart"), "quickstart")
-	p := proctest.Start(t, "quickstart", bin, "-dev", "-dev-listen", freeAddr(t), "-dev-gateway", freeAddr(t), "-data", filepath.Join(t.TempDir(), "nats"))
+	p := proctest.Start(t, "quickstart", bin, "-dev", "-dev-listen", natstest.FreeAddr(t), "-dev-gateway", natstest.FreeAddr(t), "-data", filepath.Join(t.TempDir(), "nats"))
 	curl := regexp.MustCompile(`curl -s (http://\S+/v1/Counter/id-1/Increment) -H 'Content-Type: application/json' -d '(\{"amount":0\})'`)
 	var m []string
 	natstest.WaitFor(t, 60*time.Second, func() bool {

@@ -16,7 +16,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -70,16 +69,6 @@ func buildGreeter(t *testing.T, dir string) string {
 	return bin
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func TestOwnService(t *testing.T) {
 	bins := cmdtest.Build(t, "./cmd/runner", "./cmd/shardmgr", "./cmd/gateway", "./cmd/meshctl")
 	greeter := buildGreeter(t, t.TempDir())
@@ -90,8 +79,8 @@ func TestOwnService(t *testing.T) {
 	// type").
 	common := []string{"-nats", url, "-shards", "16", "-shard-groups", "default,greetings", "-entity-groups", "Greeter=greetings"}
 	args := func(extra ...string) []string { return append(append([]string{"-fast-failover"}, common...), extra...) }
-	web := map[string]string{"shardmgr": freeAddr(t), "counter": freeAddr(t), "greeter": freeAddr(t), "gateway": freeAddr(t)}
-	gwAddr := freeAddr(t)
+	web := map[string]string{"shardmgr": natstest.FreeAddr(t), "counter": natstest.FreeAddr(t), "greeter": natstest.FreeAddr(t), "gateway": natstest.FreeAddr(t)}
+	gwAddr := natstest.FreeAddr(t)
 	procs := map[string]*proctest.Proc{
 		"shardmgr": proctest.Start(t, "shardmgr", filepath.Join(bins, "shardmgr"), args("-http", web["shardmgr"])...),
 		"counter":  proctest.Start(t, "counter", filepath.Join(bins, "runner"), args("-id", "counter-1", "-http", web["counter"])...),

@@ -1,11 +1,13 @@
 package natstest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -227,4 +229,36 @@ func StepDownStream(t testing.TB, nc *nats.Conn, stream string) {
 		name := streamLeaderName(nc, stream)
 		return name != "" && name != old
 	}, "stream "+stream+" has a new leader")
+}
+
+// Buffer is a bytes.Buffer safe for concurrent writers (a logger, a
+// process's output) and the test reading it.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// FreeAddr returns a loopback address with a port free a moment ago, for a
+// process the test starts to listen on.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

@@ -23,23 +23,23 @@
 package proctest
 
 import (
-	"bytes"
 	"io"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/natsmesh/natsmesh/internal/testkit/natstest"
 )
 
 // Proc is a child process.
 type Proc struct {
 	name string
 	cmd  *exec.Cmd
-	buf  *lockedBuffer // output, when kept in memory
-	done chan struct{} // closed once exited; then err and exitAt are set
+	buf  *natstest.Buffer // output, when kept in memory
+	done chan struct{}    // closed once exited; then err and exitAt are set
 	err  error
 	at   time.Time
 }
@@ -49,7 +49,7 @@ type Proc struct {
 // test failed.
 func Start(t testing.TB, name, bin string, args ...string) *Proc {
 	t.Helper()
-	buf := &lockedBuffer{}
+	buf := &natstest.Buffer{}
 	p := start(t, name, buf, bin, args)
 	p.buf = buf
 	t.Cleanup(func() {
@@ -164,21 +164,4 @@ func (p *Proc) Output() string {
 		return ""
 	}
 	return p.buf.String()
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
