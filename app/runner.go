@@ -99,7 +99,7 @@ func (rb Runner) Run(ctx context.Context, args []string, stdout, stderr io.Write
 	defer nc.Close()
 	p.srv.AddCheck(ops.NATS(nc))
 	if dc != nil && !cfg.Standalone {
-		if err := dc.runManager(nc, cfg, p.log); err != nil {
+		if err := dc.runManager(nc, cfg, p.logging.Logger(p.stderr)); err != nil {
 			return err
 		}
 	}
