@@ -54,11 +54,20 @@ type WriteBehind struct {
 }
 
 // Handler binds one RPC of the entity to a command handler. Build it with
-// Handle.
-type Handler[S any] struct {
-	rpc  actor.RPCInfo
-	bind func(*Entity[S]) actor.Handler
+// Handle or HandleStream.
+type Handler[S any] struct{ b guard.Binding[Entity[S]] }
+
+// bindings returns the handlers' bindings, for guard.Check.
+func bindings[S any](hs []Handler[S]) []guard.Binding[Entity[S]] {
+	out := make([]guard.Binding[Entity[S]], len(hs))
+	for i, h := range hs {
+		out[i] = h.b
+	}
+	return out
 }
+
+// guardOf is the guard of an instance, for guard.Bind.
+func guardOf[S any](e *Entity[S]) *guard.Guard { return &e.g }
 
 // Handle binds rpc to fn. fn reads the state with e.State(), saves a new
 // one with e.Save, and returns the reply. Handlers of one entity never run
@@ -70,24 +79,14 @@ type Handler[S any] struct {
 // stored. Before fn runs, an instance whose last write was refused or
 // unanswered reloads its state.
 func Handle[S, Req, Resp any](rpc actor.RPC[Req, Resp], fn func(ctx context.Context, e *Entity[S], req Req) (Resp, error)) Handler[S] {
-	if fn == nil {
-		return Handler[S]{rpc: rpc.Info()} // New rejects it
-	}
-	return Handler[S]{rpc: rpc.Info(), bind: func(e *Entity[S]) actor.Handler {
-		return guard.Handle(&e.g, rpc, func(ctx context.Context, req Req) (Resp, error) { return fn(ctx, e, req) })
-	}}
+	return Handler[S]{guard.Bind(rpc, guardOf[S], fn)}
 }
 
 // HandleStream binds a streaming rpc to fn, as Handle does a unary one:
 // fn emits the chunks, with the entity held for the whole stream (no other
 // command runs meanwhile).
 func HandleStream[S, Req, Chunk any](rpc actor.StreamRPC[Req, Chunk], fn func(ctx context.Context, e *Entity[S], req Req, emit func(Chunk) error) error) Handler[S] {
-	if fn == nil {
-		return Handler[S]{rpc: rpc.Info()} // New rejects it
-	}
-	return Handler[S]{rpc: rpc.Info(), bind: func(e *Entity[S]) actor.Handler {
-		return guard.HandleStream(&e.g, rpc, func(ctx context.Context, req Req, emit func(Chunk) error) error { return fn(ctx, e, req, emit) })
-	}}
+	return Handler[S]{guard.BindStream(rpc, guardOf[S], fn)}
 }
 
 type definition[S any] struct {
@@ -134,7 +133,7 @@ func New[S any](ctx context.Context, store *Store, entity *actor.Entity, spec Sp
 		e := newEntity(d, self.Address(), self)
 		hs := make([]actor.Handler, 0, len(spec.Handlers))
 		for _, h := range spec.Handlers {
-			hs = append(hs, h.bind(e))
+			hs = append(hs, h.b.Handler(e))
 		}
 		if self.Probe() {
 			return hs, nil // Register's check: no state to load
@@ -169,18 +168,8 @@ func define[S any](store *Store, entity *actor.Entity, spec Spec[S]) (*definitio
 	case spec.StateVersion < 0:
 		return nil, bad("StateVersion %d is negative", spec.StateVersion)
 	}
-	seen := map[actor.RPCInfo]bool{}
-	for _, h := range spec.Handlers {
-		if h.rpc == nil || h.rpc.Entity() != entity {
-			return nil, bad("handler for an RPC of another entity type")
-		}
-		if h.bind == nil {
-			return nil, bad("nil handler for rpc %s", h.rpc.Name())
-		}
-		if seen[h.rpc] {
-			return nil, bad("two handlers for rpc %s", h.rpc.Name())
-		}
-		seen[h.rpc] = true
+	if err := guard.Check(name, entity, bindings(spec.Handlers)); err != nil {
+		return nil, err
 	}
 	bucket := store.Bucket(entity.Name())
 	return &definition[S]{store: store, entity: entity, spec: spec, bucket: bucket, stream: "KV_" + bucket, subject: "$KV." + bucket + "."}, nil

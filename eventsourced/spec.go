@@ -130,10 +130,19 @@ func Alias(oldNames ...string) EventOption {
 
 // Handler binds one RPC of the entity to a command handler. Build it with
 // Handle.
-type Handler[S any] struct {
-	rpc  actor.RPCInfo
-	bind func(*Entity[S]) actor.Handler
+type Handler[S any] struct{ b guard.Binding[Entity[S]] }
+
+// bindings returns the handlers' bindings, for guard.Check.
+func bindings[S any](hs []Handler[S]) []guard.Binding[Entity[S]] {
+	out := make([]guard.Binding[Entity[S]], len(hs))
+	for i, h := range hs {
+		out[i] = h.b
+	}
+	return out
 }
+
+// guardOf is the guard of an instance, for guard.Bind.
+func guardOf[S any](e *Entity[S]) *guard.Guard { return &e.g }
 
 // Handle binds rpc to fn. fn reads the state with e.State(), decides the
 // events, stores and applies them with e.Persist, and returns the reply.
@@ -145,12 +154,7 @@ type Handler[S any] struct {
 // not stored. Before fn runs, an instance whose last append was refused or
 // unanswered rebuilds its state from the stream.
 func Handle[S, Req, Resp any](rpc actor.RPC[Req, Resp], fn func(ctx context.Context, e *Entity[S], req Req) (Resp, error)) Handler[S] {
-	if fn == nil {
-		return Handler[S]{rpc: rpc.Info()} // New rejects it
-	}
-	return Handler[S]{rpc: rpc.Info(), bind: func(e *Entity[S]) actor.Handler {
-		return guard.Handle(&e.g, rpc, func(ctx context.Context, req Req) (Resp, error) { return fn(ctx, e, req) })
-	}}
+	return Handler[S]{guard.Bind(rpc, guardOf[S], fn)}
 }
 
 // definition is a validated Spec with its lookup tables.
@@ -185,7 +189,7 @@ func New[S any](store *Store, entity *actor.Entity, spec Spec[S], opts ...actor.
 		e := newEntity(d, self.Address(), self)
 		hs := make([]actor.Handler, 0, len(d.handlers))
 		for _, h := range d.handlers {
-			hs = append(hs, h.bind(e))
+			hs = append(hs, h.b.Handler(e))
 		}
 		if self.Probe() {
 			return hs, nil // Register's check: no history to replay
@@ -249,20 +253,10 @@ func define[S any](store *Store, entity *actor.Entity, spec Spec[S]) (*definitio
 			}
 		}
 	}
-	seen := map[actor.RPCInfo]bool{}
-	for _, h := range spec.Handlers {
-		if h.rpc == nil || h.rpc.Entity() != entity {
-			return nil, bad("handler for an RPC of another entity type")
-		}
-		if h.bind == nil {
-			return nil, bad("nil handler for rpc %s", h.rpc.Name())
-		}
-		if seen[h.rpc] {
-			return nil, bad("two handlers for rpc %s", h.rpc.Name())
-		}
-		seen[h.rpc] = true
-		d.handlers = append(d.handlers, h)
+	if err := guard.Check(entityName(entity), entity, bindings(spec.Handlers)); err != nil {
+		return nil, err
 	}
+	d.handlers = spec.Handlers
 	return d, nil
 }
 
