@@ -202,6 +202,18 @@ func (pc *persistConsumer) remove(s ShardID) (wait func(ctx context.Context)) {
 	}
 }
 
+// fence ends the contexts of shard s's running handlers: its lease is
+// lost, so their messages are the next owner's.
+func (pc *persistConsumer) fence(s ShardID) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	for _, pm := range pc.held {
+		if pm.shard == s && pm.cancel != nil {
+			pm.cancel()
+		}
+	}
+}
+
 // close stops consuming: messages being handled finish (bounded by ctx),
 // then the consumer is deleted; what was not handled stays in the stream
 // for the shards' next owners.

@@ -31,6 +31,7 @@ type pmsg struct {
 	noReply    bool      // Mesh-No-Reply: neither look up nor store a reply
 	stored     []byte    // the handler's answer, once its store failed: only the store is retried
 	running    bool
+	cancel     context.CancelFunc // ends the running handler's context (fencing); nil when not running
 }
 
 // onMsg receives one delivery of generation g.
@@ -229,7 +230,16 @@ func (pc *persistConsumer) process(pm *pmsg) {
 		return
 	}
 	rep := &persistReplier{pc: pc, pm: pm}
-	hctx := context.WithValue(context.Background(), msgIDKey{}, pm.msgID)
+	// The handler's context ends when the shard is fenced (its lease lost:
+	// the next owner runs the message), and reads the lease's validity
+	// from the clock on Err, as a singleton's does: a handler doing long
+	// work (a workflow's activities) stops instead of going on where it no
+	// longer owns the entity.
+	lctx, cancel := newLeaseContext(func() bool { return pc.host.leaseValid(pm.shard) })
+	pc.mu.Lock()
+	pm.cancel = cancel
+	pc.mu.Unlock()
+	hctx := context.WithValue(lctx, msgIDKey{}, pm.msgID)
 	if o := pc.obs; o != nil {
 		if pm.attempts > 0 {
 			o.Redelivered(pm.addr, pm.rpc)

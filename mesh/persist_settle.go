@@ -50,6 +50,10 @@ func (p *persistReplier) Reply(payload []byte, err error) {
 		p.obs.Done(declared(pc.host.rpcInfo(p.pm.addr.Type, p.pm.rpc), err))
 	}
 	pc.mu.Lock()
+	if p.pm.cancel != nil {
+		p.pm.cancel() // the handler returned: release its context
+		p.pm.cancel = nil
+	}
 	async := !pc.closed // close waits for wg: no Add once it may be waiting
 	if async {
 		pc.wg.Add(1)

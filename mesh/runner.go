@@ -54,9 +54,10 @@ type Runner struct {
 	persist     *persistence
 	pc          *persistConsumer // nil unless a hosted entity has persisted rpcs
 	started     bool
-	dispatching bool                        // the dispatcher runs (listen)
-	running     atomic.Bool                 // Start returned without error
-	coordp      atomic.Pointer[coordinator] // coord, for the dispatch path without r.mu
+	dispatching bool                            // the dispatcher runs (listen)
+	running     atomic.Bool                     // Start returned without error
+	coordp      atomic.Pointer[coordinator]     // coord, for the dispatch path without r.mu
+	pcp         atomic.Pointer[persistConsumer] // pc, for fencing without r.mu
 	closed      bool
 }
 
@@ -225,6 +226,7 @@ func (r *Runner) start(ctx context.Context) error {
 		r.mu.Lock()
 		r.persist = persist
 		r.pc = newPersistConsumer(&r.env, r, r.out, persist)
+		r.pcp.Store(r.pc)
 		r.mu.Unlock()
 	}
 	if err := r.listen(); err != nil {

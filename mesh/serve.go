@@ -214,6 +214,9 @@ func (r *Runner) fenceShard(ctx context.Context, s ShardID, abort error) error {
 	for _, sg := range r.singletonsOf(s) {
 		sg.cancelNow()
 	}
+	if pc := r.pcp.Load(); pc != nil {
+		pc.fence(s) // the persisted messages' running handlers stop
+	}
 	err := r.rt.ClosePartition(ctx, part, abort)
 	sub, pc, ok := r.unlistShard(s)
 	if !ok {

@@ -174,3 +174,9 @@ func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
 	}
 	return context.WithTimeout(ctx, OpTimeout)
 }
+
+// Watch watches key: the watcher's updates start with its current value
+// (or a nil entry when it has none), then every change.
+func (s *Store) Watch(ctx context.Context, key string) (natsjs.KeyWatcher, error) {
+	return s.kv.Watch(ctx, key)
+}
