@@ -1,11 +1,14 @@
-// Command bank tells the seed's two stories end to end on one embedded
-// NATS server and a standalone runner:
+// Command bank tells the seed's stories end to end on one embedded NATS
+// server and a standalone runner:
 //
 //  1. Many clients deposit to one account at once and no update is lost:
 //     the account is an entity that handles one message at a time, its
 //     deposits are persisted messages, and its balance is durable state.
 //  2. A transfer from Alice to Bob whose credit step fails (Bob's account is
-//     closed) refunds Alice: a saga whose debit step is compensated.
+//     closed) refunds Alice: a workflow whose debit activity is
+//     compensated.
+//  3. A large transfer waits, durably, for an approval signal.
+//  4. A large transfer nobody approves times out and is refunded.
 //
 // Run it with `go run ./examples/bank`.
 package main
@@ -15,13 +18,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/durablestate"
 	"github.com/natsmesh/natsmesh/mesh"
-	"github.com/natsmesh/natsmesh/saga"
+	"github.com/natsmesh/natsmesh/workflow"
 )
 
 // Amount is the payload of deposits and withdrawals.
@@ -101,59 +105,98 @@ func accountBehavior(ctx context.Context, nc *nats.Conn, cfg mesh.Config) (*acto
 	})
 }
 
-// Transfer is the input of the transfer saga.
+// Transfer is the input of the transfer workflow.
 type Transfer struct {
 	From   string `json:"from"`
 	To     string `json:"to"`
 	Amount int    `json:"amount"`
 }
 
-// defineTransfer defines the transfer saga: debit From (compensated by a
-// refund), then credit To. Every call carries the step's idempotency key,
-// so a step retried after a crash moves no money twice.
-func defineTransfer(ss *saga.Sagas, client *mesh.Client) (*saga.Definition[Transfer], error) {
-	// A refusal by the account is final: abort (and compensate). Any other
-	// error leaves the outcome unknown: the saga tries the same key again.
-	refused := func(err error) error {
+// Receipt is a completed transfer.
+type Receipt struct {
+	Transfer
+	// ApprovedBy is who approved a transfer above ApprovalThreshold.
+	ApprovedBy string `json:"approvedBy,omitempty"`
+}
+
+// Refused is the transfer's declared failure: why it moved no money (its
+// debit, if any, refunded).
+type Refused struct {
+	Reason string `json:"reason"`
+}
+
+func (e *Refused) Error() string { return "transfer refused: " + e.Reason }
+
+// ApprovalThreshold is the amount above which a transfer waits for an
+// approval (Bank.Approve), durably: for as long as the approval timeout,
+// holding nothing on the runner meanwhile.
+const ApprovalThreshold = 50
+
+// defineTransfer defines the transfer workflow: debit From (compensated by
+// a refund), wait for an approval if the amount is large, then credit To.
+// Every call carries its activity's idempotency key, so a step retried
+// after a crash moves no money twice.
+func defineTransfer(eng *workflow.Engine, client *mesh.Client, approvalTimeout time.Duration) (*workflow.Workflow[Transfer, Receipt], error) {
+	// A refusal by the account is final; any other error leaves the
+	// outcome unknown, and the activity tries the same key again.
+	final := func(err error) error {
 		var insufficient *InsufficientFunds
 		var closed *AccountClosed
 		if errors.As(err, &insufficient) || errors.As(err, &closed) {
-			return saga.Abort(err)
+			return workflow.NonRetryable(err)
 		}
 		return err
 	}
-	return saga.Define(ss, "transfer",
-		saga.Step[Transfer]{
-			Name: "debit",
-			Do: func(ctx context.Context, x saga.Exec[Transfer]) error {
-				_, err := mesh.Call(ctx, client, Withdraw, x.Input.From, Amount{x.Input.Amount}, mesh.MessageID(x.Key()))
-				return refused(err)
-			},
-			Compensate: func(ctx context.Context, x saga.Exec[Transfer]) error {
-				_, err := mesh.Call(ctx, client, Deposit, x.Input.From, Amount{x.Input.Amount}, mesh.MessageID(x.Key()))
-				return err
-			},
-		},
-		saga.Step[Transfer]{
-			Name: "credit",
-			Do: func(ctx context.Context, x saga.Exec[Transfer]) error {
-				_, err := mesh.Call(ctx, client, Deposit, x.Input.To, Amount{x.Input.Amount}, mesh.MessageID(x.Key()))
-				return refused(err)
-			},
-		},
-	)
+	return workflow.Define(eng, "transfer", func(c *workflow.Context, t Transfer) (Receipt, error) {
+		r := Receipt{Transfer: t}
+		_, err := workflow.Activity(c, "debit", func(ctx context.Context, a workflow.ActivityInfo) (int, error) {
+			v, err := mesh.Call(ctx, client, Withdraw, t.From, Amount{t.Amount}, mesh.MessageID(a.Key))
+			return v, final(err)
+		}, workflow.Compensate(func(ctx context.Context, a workflow.ActivityInfo) error {
+			_, err := mesh.Call(ctx, client, Deposit, t.From, Amount{t.Amount}, mesh.MessageID(a.Key+"/refund"))
+			return err
+		}))
+		if err != nil {
+			return r, &Refused{Reason: "debit: " + err.Error()}
+		}
+		if t.Amount > ApprovalThreshold {
+			by, err := workflow.Await[string](c, "approval", workflow.Within(approvalTimeout))
+			if err != nil {
+				return r, &Refused{Reason: "not approved: " + err.Error()}
+			}
+			r.ApprovedBy = by
+		}
+		if _, err := workflow.Activity(c, "credit", func(ctx context.Context, a workflow.ActivityInfo) (int, error) {
+			v, err := mesh.Call(ctx, client, Deposit, t.To, Amount{t.Amount}, mesh.MessageID(a.Key))
+			return v, final(err)
+		}); err != nil {
+			return r, &Refused{Reason: "credit: " + err.Error()}
+		}
+		return r, nil
+	}, workflow.Failure[*Refused]("Refused"))
 }
 
-// Bank is what a process of the bank needs: a client, and the transfer
-// saga.
+// Bank is what a process of the bank needs: a client, the workflow engine
+// and the transfer workflow.
 type Bank struct {
 	Client   *mesh.Client
-	Transfer *saga.Definition[Transfer]
+	Engine   *workflow.Engine
+	Transfer *workflow.Workflow[Transfer, Receipt]
 }
 
-// Install registers the Account entity and the transfer saga on r (before
-// r.Start).
-func Install(ctx context.Context, nc *nats.Conn, cfg mesh.Config, r *mesh.Runner) (*Bank, error) {
+// Approve approves transfer id (by who), whether it waits yet or not.
+func (b *Bank) Approve(ctx context.Context, id, who string) error {
+	return workflow.Signal(ctx, b.Engine, "transfer", id, "approval", who)
+}
+
+// Reject rejects transfer id: it is refunded.
+func (b *Bank) Reject(ctx context.Context, id, why string) error {
+	return workflow.SignalError(ctx, b.Engine, "transfer", id, "approval", errors.New(why))
+}
+
+// Install registers the Account entity and the transfer workflow on r
+// (before r.Start); large transfers wait approvalTimeout for an approval.
+func Install(ctx context.Context, nc *nats.Conn, cfg mesh.Config, r *mesh.Runner, approvalTimeout time.Duration) (*Bank, error) {
 	b, err := accountBehavior(ctx, nc, cfg)
 	if err != nil {
 		return nil, err
@@ -161,33 +204,32 @@ func Install(ctx context.Context, nc *nats.Conn, cfg mesh.Config, r *mesh.Runner
 	if err := r.Register(b); err != nil {
 		return nil, err
 	}
-	bank, ss, err := open(ctx, nc, cfg)
+	bank, err := open(ctx, r.Client(), approvalTimeout)
 	if err != nil {
 		return nil, err
 	}
-	return bank, ss.Install(r)
+	return bank, bank.Engine.Install(r)
 }
 
 // Open returns the bank as a client process (hosting nothing) sees it.
 func Open(ctx context.Context, nc *nats.Conn, cfg mesh.Config) (*Bank, error) {
-	bank, _, err := open(ctx, nc, cfg)
-	return bank, err
-}
-
-func open(ctx context.Context, nc *nats.Conn, cfg mesh.Config) (*Bank, *saga.Sagas, error) {
 	client, err := mesh.NewClient(nc, cfg.ClientConfig)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ss, err := saga.New(ctx, client, saga.DefaultConfig())
+	return open(ctx, client, 0)
+}
+
+func open(ctx context.Context, client *mesh.Client, approvalTimeout time.Duration) (*Bank, error) {
+	eng, err := workflow.New(ctx, client, workflow.DefaultConfig())
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	t, err := defineTransfer(ss, client)
+	t, err := defineTransfer(eng, client, approvalTimeout)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return &Bank{Client: client, Transfer: t}, ss, nil
+	return &Bank{Client: client, Engine: eng, Transfer: t}, nil
 }
 
 // ConcurrentDeposits has clients deposit 1 each times into account at

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -43,7 +44,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	bank, err := Install(ctx, nc, cfg, runner)
+	bank, err := Install(ctx, nc, cfg, runner, 2*time.Second)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -77,14 +78,36 @@ func run(ctx context.Context, bank *Bank) error {
 	if _, err := mesh.Call(ctx, c, CloseAccount, "bob", actor.Empty{}, mesh.MessageID("close-bob")); err != nil {
 		return err
 	}
-	o, err := bank.Transfer.Run(ctx, "alice-to-bob-1", Transfer{From: "alice", To: "bob", Amount: 30})
-	if err != nil {
-		return err
+	_, err = bank.Transfer.Run(ctx, "alice-to-bob-1", Transfer{From: "alice", To: "bob", Amount: 30})
+	var refused *Refused
+	if !errors.As(err, &refused) {
+		return fmt.Errorf("transfer to a closed account: %v", err)
 	}
 	alice, err := mesh.Call(ctx, c, Balance, "alice", actor.Empty{})
 	if err != nil {
 		return err
 	}
-	fmt.Printf("  saga %s at step %q (%s); Alice has %d (refunded)\n", o.Status, o.FailedStep, o.Error, alice)
+	fmt.Printf("  %v; Alice has %d (refunded)\n", refused, alice)
+
+	fmt.Printf("Story 3: Alice sends 60 to Carol: above %d, it waits for an approval.\n", ApprovalThreshold)
+	if err := bank.Transfer.Start(ctx, "alice-to-carol-1", Transfer{From: "alice", To: "carol", Amount: 60}); err != nil {
+		return err
+	}
+	if err := bank.Approve(ctx, "alice-to-carol-1", "dana"); err != nil {
+		return err
+	}
+	receipt, err := bank.Transfer.Result(ctx, "alice-to-carol-1")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  sent %d, approved by %s\n", receipt.Amount, receipt.ApprovedBy)
+
+	fmt.Println("Story 4: Carol sends 55 back; nobody approves within 2 s.")
+	_, err = bank.Transfer.Run(ctx, "carol-to-alice-1", Transfer{From: "carol", To: "alice", Amount: 55})
+	carol, berr := mesh.Call(ctx, c, Balance, "carol", actor.Empty{})
+	if berr != nil {
+		return berr
+	}
+	fmt.Printf("  %v; Carol has %d (refunded)\n", err, carol)
 	return nil
 }
