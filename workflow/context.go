@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/natsmesh/natsmesh/eventsourced"
 	"github.com/natsmesh/natsmesh/mesh"
 )
 
@@ -20,7 +19,7 @@ type Context struct {
 	ctx   context.Context // the command's: activities derive theirs from it
 	e     *Engine
 	def   *definition
-	ent   *eventsourced.Entity[journal]
+	d     *driver
 	seq   int            // the next step's sequence
 	comps []compensation // of the activities done so far, in order
 	stop  chan stopped   // to the driver
@@ -49,6 +48,7 @@ const (
 	interrupted                 // an interrupt was asked for
 	stuck                       // an operator must act (err says why; the journal has it when stuckSeq is set)
 	retry                       // the command must be tried again (storage unreachable, the lease lost)
+	returned                    // the function returned (runOnce's own)
 )
 
 // Workflow returns the workflow's name; ID the execution's id; Run the
@@ -57,7 +57,7 @@ func (c *Context) Workflow() string { return c.def.name }
 func (c *Context) ID() string       { return c.j().ID }
 func (c *Context) Run() int         { return c.j().Run }
 
-func (c *Context) j() journal { return c.ent.State() }
+func (c *Context) j() journal { return c.d.view }
 
 // halt stops the workflow function (its goroutine ends here) and tells the
 // driver why.
@@ -67,9 +67,13 @@ func (c *Context) halt(s stopped) {
 	runtime.Goexit()
 }
 
-// persist stores events in the journal, or stops the run for a retry.
-func (c *Context) persist(events ...any) {
-	if err := c.ent.Persist(c.ctx, events...); err != nil {
+// persist adds an event to the journal: at once to the run's view, and
+// to storage with the next append (in the background after an activity,
+// and at the run's next wait or end). A crash before the append loses the
+// events since the last one: their steps run again on replay, as a step
+// that was running at the crash does (activities are at least once).
+func (c *Context) persist(ev event) {
+	if err := c.d.add(ev); err != nil {
 		c.halt(stopped{kind: retry, err: err})
 	}
 }

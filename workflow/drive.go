@@ -12,81 +12,169 @@ import (
 	"github.com/natsmesh/natsmesh/internal/records"
 )
 
+// driver is one command's drive of an execution: the journal as the run
+// sees it (its view: the stored journal plus the events not appended yet)
+// and those events. A completed activity's result is appended in the
+// background while the run goes on (one append in flight at a time): it
+// is stored about as soon as it is known, without the run waiting for the
+// store, and the run waits for the last append before it reports a wait
+// or an end.
+type driver struct {
+	e        *Engine
+	ctx      context.Context
+	def      *definition
+	ent      *eventsourced.Entity[journal]
+	view     journal
+	pending  []event
+	inflight chan error // the append in flight, if any
+	failed   error      // an append that failed: the command is retried
+}
+
+// add adds ev to the view and to the events to append; a completed step
+// starts an append in the background.
+func (d *driver) add(ev event) error {
+	d.pending = append(d.pending, ev)
+	d.view = apply(d.view, ev)
+	if ev.Kind == evActivity {
+		d.kick()
+	}
+	return d.failed
+}
+
+// kick starts appending the pending events unless an append is in flight.
+func (d *driver) kick() {
+	if d.inflight != nil {
+		select {
+		case err := <-d.inflight:
+			d.inflight = nil
+			if err != nil && d.failed == nil {
+				d.failed = err
+			}
+		default:
+			return
+		}
+	}
+	if d.failed != nil || len(d.pending) == 0 {
+		return
+	}
+	batch := d.pending
+	d.pending = nil
+	ch := make(chan error, 1)
+	d.inflight = ch
+	go func() { ch <- d.append(batch) }()
+}
+
+// append appends events as one message, with the expected last sequence
+// of the journal (eventsourced): a runner that lost the execution cannot
+// append.
+func (d *driver) append(events []event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	return d.ent.Persist(d.ctx, entries{E: events})
+}
+
+// flush waits for the append in flight, then appends what is pending.
+func (d *driver) flush() error {
+	if d.inflight != nil {
+		if err := <-d.inflight; err != nil && d.failed == nil {
+			d.failed = err
+		}
+		d.inflight = nil
+	}
+	if d.failed != nil {
+		return d.failed
+	}
+	batch := d.pending
+	d.pending = nil
+	if err := d.append(batch); err != nil {
+		d.failed = err
+	}
+	return d.failed
+}
+
 // handle is the Workflow entity's one handler: it records what the command
 // brings (a start, a signal, an interrupt, a resume, a child's end), then
 // drives the execution as far as it goes (to its end, a wait, or a stop
-// for an operator) and records where it stands. A command that cannot be
-// carried out now (storage unreachable, the lease lost) panics, which has
-// the mesh deliver it again later: the execution carries on from its
-// journal.
+// for an operator), appends what the run recorded, and records where it
+// stands. A command that cannot be carried out now (storage unreachable,
+// the lease lost) panics, which has the mesh deliver it again later: the
+// execution carries on from its journal.
 func (e *Engine) handle(ctx context.Context, ent *eventsourced.Entity[journal], cmd command) (Execution, error) {
 	e.mu.Lock()
-	d := e.defs[cmd.Def]
+	def := e.defs[cmd.Def]
 	e.mu.Unlock()
-	if d == nil {
+	if def == nil {
 		return Execution{}, fmt.Errorf("%w: %q", ErrUnknownWorkflow, cmd.Def)
 	}
-	e.record(ctx, ent, cmd)
-	j := ent.State()
-	if j.Run == 0 {
+	d := &driver{e: e, ctx: ctx, def: def, ent: ent, view: ent.State().clone()}
+	fresh := d.view.Run == 0 && d.view.Commands == nil // no status record yet
+	d.record(cmd)
+	if d.view.Run == 0 {
 		// A signal before the start: kept in the journal for it.
+		must(d.flush())
 		return Execution{Workflow: cmd.Def, ID: cmd.ID, Status: Waiting, Waiting: "start"}, nil
 	}
-	x := e.drive(ctx, d, ent)
-	e.writeStatus(ctx, x)
+	waiting := d.drive()
+	must(d.flush())
+	x := e.execution(ent, waiting)
+	e.writeStatus(ctx, x, fresh)
+	if x.Status.Final() {
+		d.notifyParent()
+	}
 	return x, nil
 }
 
-// record stores what a command brings, once.
-func (e *Engine) record(ctx context.Context, ent *eventsourced.Entity[journal], cmd command) {
-	j := ent.State()
-	var ev *event
+// record adds what a command brings, once.
+func (d *driver) record(cmd command) {
+	j := d.view
+	var evs []event
 	switch cmd.Op {
 	case "start":
 		if j.Run == 0 {
-			ev = &event{Kind: evRun, Run: 1, Data: cmd.Input, At: e.clock.Now().UTC(), Parent: cmd.Parent}
+			evs = append(evs, event{Kind: evRun, Run: 1, Data: cmd.Input, At: d.e.clock.Now().UTC(), Parent: cmd.Parent})
 		}
 	case "signal":
 		if _, got := j.Signals[cmd.Name]; !got {
-			ev = &event{Kind: evSignal, Name: cmd.Name, Data: cmd.Data, Err: cmd.Err}
+			evs = append(evs, event{Kind: evSignal, Name: cmd.Name, Data: cmd.Data, Err: cmd.Err})
 		}
 	case "interrupt":
 		if !j.Interrupted && j.End == nil && j.Run > 0 {
-			must(ent.Persist(ctx, event{Kind: evInterrupt}))
+			evs = append(evs, event{Kind: evInterrupt})
 			if j.Stuck != nil && j.Stuck.Seq >= 0 {
 				// Stuck on a failing activity: the interrupt gives up on
 				// it and compensates what the execution did. (One stuck
 				// in its code, by a non-determinism or a panic, needs the
 				// code fixed and Resume.)
-				ev = &event{Kind: evResumed}
+				evs = append(evs, event{Kind: evResumed})
 			}
 		}
 	case "resume":
 		if j.Stuck != nil {
-			ev = &event{Kind: evResumed}
+			evs = append(evs, event{Kind: evResumed})
 		}
 	case "childDone":
 		if _, done := j.Done[cmd.Seq]; !done && cmd.Run == j.Run {
-			ev = &event{Kind: evChildDone, Seq: cmd.Seq, Data: cmd.Data, Err: cmd.Err}
+			evs = append(evs, event{Kind: evChildDone, Seq: cmd.Seq, Data: cmd.Data, Err: cmd.Err})
 		}
 	}
-	if ev != nil {
-		must(ent.Persist(ctx, *ev))
+	for _, ev := range evs {
+		must(d.add(ev))
 	}
 }
 
-// drive runs the workflow function against the journal until the run
-// ends, waits or stops, and returns where the execution stands.
-func (e *Engine) drive(ctx context.Context, d *definition, ent *eventsourced.Entity[journal]) Execution {
+// drive runs the workflow function against the view until the run ends,
+// waits or stops; it returns what a waiting execution waits on.
+func (d *driver) drive() (waiting string) {
 	for {
-		j := ent.State()
+		j := d.view
 		if j.End != nil || j.Stuck != nil {
-			return e.execution(ent, "")
+			return ""
 		}
-		s, out := e.runOnce(ctx, d, ent)
+		s, out := d.runOnce()
 		switch s.kind {
 		case suspended:
-			return e.execution(ent, s.on)
+			return s.on
 		case retry:
 			must(s.err)
 		case stuck:
@@ -95,33 +183,28 @@ func (e *Engine) drive(ctx context.Context, d *definition, ent *eventsourced.Ent
 				if errors.Is(s.err, ErrNonDeterminism) {
 					info.Code = "NonDeterminism"
 				}
-				must(ent.Persist(ctx, event{Kind: evStuck, Seq: -1, Err: info}))
-				e.log.Error("workflow stuck", "workflow", d.name, "id", j.ID, "err", s.err)
+				must(d.add(event{Kind: evStuck, Seq: -1, Err: info}))
+				d.e.log.Error("workflow stuck", "workflow", d.def.name, "id", j.ID, "err", s.err)
 			}
-			return e.execution(ent, "")
+			return ""
 		case interrupted:
-			if e.compensate(ctx, ent, s.comps) {
-				must(ent.Persist(ctx, event{Kind: evEnd, Name: string(Interrupted), Err: &ErrorInfo{Code: "Interrupted", Message: "interrupted"}}))
-				e.notifyParent(ctx, ent)
+			if d.compensate(s.comps) {
+				must(d.add(event{Kind: evEnd, Name: string(Interrupted), Err: &ErrorInfo{Code: "Interrupted", Message: "interrupted"}}))
 			}
-			return e.execution(ent, "")
+			return ""
 		}
 		// The function returned.
 		if ca, ok := isContinue(out.err); ok {
-			must(ent.Persist(ctx, event{Kind: evEnd, Name: string(ContinuedAsNew)},
-				event{Kind: evRun, Run: j.Run + 1, Data: ca.input, At: e.clock.Now().UTC(), Parent: j.Parent}))
+			must(d.add(event{Kind: evEnd, Name: string(ContinuedAsNew)}))
+			must(d.add(event{Kind: evRun, Run: j.Run + 1, Data: ca.input, At: d.e.clock.Now().UTC(), Parent: j.Parent}))
 			continue
 		}
 		if out.err == nil {
-			must(ent.Persist(ctx, event{Kind: evEnd, Name: string(Completed), Data: out.data}))
-		} else {
-			if !e.compensate(ctx, ent, s.comps) {
-				return e.execution(ent, "")
-			}
-			must(ent.Persist(ctx, event{Kind: evEnd, Name: string(Failed), Err: d.encodeError(out.err)}))
+			must(d.add(event{Kind: evEnd, Name: string(Completed), Data: out.data}))
+		} else if d.compensate(s.comps) {
+			must(d.add(event{Kind: evEnd, Name: string(Failed), Err: d.def.encodeError(out.err)}))
 		}
-		e.notifyParent(ctx, ent)
-		return e.execution(ent, "")
+		return ""
 	}
 }
 
@@ -133,28 +216,28 @@ type result struct {
 
 // runOnce runs the workflow function, on its own goroutine, until it
 // returns or stops.
-func (e *Engine) runOnce(ctx context.Context, d *definition, ent *eventsourced.Entity[journal]) (stopped, result) {
-	c := &Context{ctx: ctx, e: e, def: d, ent: ent, stop: make(chan stopped, 1)}
+func (d *driver) runOnce() (stopped, result) {
+	c := &Context{ctx: d.ctx, e: d.e, def: d.def, d: d, stop: make(chan stopped, 1)}
 	done := make(chan result, 1)
 	go func() {
 		defer func() {
 			if r := recover(); r != nil {
-				c.stop <- stopped{kind: stuck, err: fmt.Errorf("workflow %s panicked: %v\n%s", d.name, r, debug.Stack()), comps: c.comps}
+				c.stop <- stopped{kind: stuck, err: fmt.Errorf("workflow %s panicked: %v\n%s", d.def.name, r, debug.Stack()), comps: c.comps}
 			}
 		}()
-		data, err := d.run(c, ent.State().Input)
-		if err == nil && c.seq < len(ent.State().Commands) {
+		data, err := d.def.run(c, d.view.Input)
+		if err == nil && c.seq < len(d.view.Commands) {
 			// Returned before the steps its journal records: the code
 			// changed under a running execution.
-			got := ent.State().Commands[c.seq]
+			got := d.view.Commands[c.seq]
 			c.stop <- stopped{kind: stuck, err: &NonDeterminismError{Seq: c.seq, Want: "the end", Got: describe(got.Kind, got.Name)}}
 			return
 		}
 		done <- result{data: data, err: err}
-		c.stop <- stopped{kind: -1, comps: c.comps}
+		c.stop <- stopped{kind: returned, comps: c.comps}
 	}()
 	s := <-c.stop
-	if s.kind == -1 {
+	if s.kind == returned {
 		return s, <-done
 	}
 	return s, result{}
@@ -162,10 +245,11 @@ func (e *Engine) runOnce(ctx context.Context, d *definition, ent *eventsourced.E
 
 // compensate runs the compensations not run yet, latest first; it reports
 // whether they all ran (else the execution is stuck for an operator).
-func (e *Engine) compensate(ctx context.Context, ent *eventsourced.Entity[journal], comps []compensation) bool {
+func (d *driver) compensate(comps []compensation) bool {
+	e := d.e
 	for i := len(comps) - 1; i >= 0; i-- {
 		comp := comps[i]
-		if ent.State().CompDone[comp.seq] {
+		if d.view.CompDone[comp.seq] {
 			continue
 		}
 		info := comp.info
@@ -173,41 +257,42 @@ func (e *Engine) compensate(ctx context.Context, ent *eventsourced.Entity[journa
 		var err error
 		for n := 1; n <= comp.retry.MaxAttempts; n++ {
 			info.Attempt = n
-			if err = comp.fn(ctx, info); err == nil {
+			if err = comp.fn(d.ctx, info); err == nil {
 				break
 			}
-			if ctx.Err() != nil {
-				must(ctx.Err())
-			}
+			must(d.ctx.Err())
 			e.log.Warn("workflow compensation failed", "workflow", info.Workflow, "id", info.ID, "activity", info.Name, "attempt", n, "err", err)
 			if n < comp.retry.MaxAttempts {
 				select {
 				case <-e.clock.After(wait):
-				case <-ctx.Done():
-					must(ctx.Err())
+				case <-d.ctx.Done():
+					must(d.ctx.Err())
 				}
 				wait = min(2*wait, comp.retry.BackoffMax)
 			}
 		}
 		if err != nil {
-			must(ent.Persist(ctx, event{Kind: evStuck, Seq: comp.seq, Err: &ErrorInfo{Code: "Stuck",
+			must(d.add(event{Kind: evStuck, Seq: comp.seq, Err: &ErrorInfo{Code: "Stuck",
 				Message: fmt.Sprintf("compensating activity %s failed %d times: %v", info.Name, comp.retry.MaxAttempts, err)}}))
 			return false
 		}
-		must(ent.Persist(ctx, event{Kind: evCompDone, Seq: comp.seq}))
+		// Appended at once: a compensation is not run again after a crash
+		// once it is known to have run.
+		must(d.add(event{Kind: evCompDone, Seq: comp.seq}))
+		must(d.flush())
 	}
 	return true
 }
 
 // notifyParent tells a child's parent that the child ended.
-func (e *Engine) notifyParent(ctx context.Context, ent *eventsourced.Entity[journal]) {
-	j := ent.State()
+func (d *driver) notifyParent() {
+	j := d.ent.State()
 	if j.Parent == nil || j.End == nil {
 		return
 	}
 	p := j.Parent
 	cmd := command{Op: "childDone", Def: p.Def, ID: p.ID, Seq: p.Seq, Run: p.Run, Data: j.End.Data, Err: j.End.Err}
-	must(e.send(ctx, cmd, msgID(p.Def, p.ID, "child", strconv.Itoa(p.Run), strconv.Itoa(p.Seq))))
+	must(d.e.send(d.ctx, cmd, msgID(p.Def, p.ID, "child", strconv.Itoa(p.Run), strconv.Itoa(p.Seq))))
 }
 
 // execution describes where the execution stands.
@@ -228,21 +313,26 @@ func (e *Engine) execution(ent *eventsourced.Entity[journal], waiting string) Ex
 }
 
 // writeStatus records x as the execution's status unless a newer one is
-// there (a stale instance's write never replaces a newer one).
-func (e *Engine) writeStatus(ctx context.Context, x Execution) {
+// there (a stale instance's write never replaces a newer one). A fresh
+// execution's is created in one request.
+func (e *Engine) writeStatus(ctx context.Context, x Execution, fresh bool) {
 	key := records.Key(x.Workflow, x.ID)
-	for range 5 {
-		var cur Execution
-		rev, err := e.status.Get(ctx, key, &cur)
-		switch {
-		case errors.Is(err, records.ErrNotFound):
-			rev = 0
-		case err != nil:
-			must(err)
-		case cur.Seq > x.Seq:
-			return
+	for try := range 5 {
+		var rev uint64
+		if try > 0 || !fresh {
+			var cur Execution
+			var err error
+			rev, err = e.status.Get(ctx, key, &cur)
+			switch {
+			case errors.Is(err, records.ErrNotFound):
+				rev = 0
+			case err != nil:
+				must(err)
+			case cur.Seq > x.Seq:
+				return
+			}
 		}
-		if _, err = e.status.Put(ctx, key, x, rev); !errors.Is(err, records.ErrConflict) {
+		if _, err := e.status.Put(ctx, key, x, rev); !errors.Is(err, records.ErrConflict) {
 			must(err)
 			return
 		}

@@ -49,6 +49,21 @@ type event struct {
 	Parent *parentRef `json:"p,omitempty"`
 }
 
+// entries is what one append stores: the events a run recorded since its
+// last append, in order (one message for all: JetStream stores one message
+// about as fast as a byte, and an atomic batch of several far slower).
+type entries struct {
+	E []event `json:"e"`
+}
+
+// applyAll folds a stored append.
+func applyAll(j journal, es entries) journal {
+	for _, ev := range es.E {
+		j = apply(j, ev)
+	}
+	return j
+}
+
 // journal is an execution's state: its current run's history, folded.
 type journal struct {
 	Def, ID     string
@@ -123,4 +138,28 @@ func apply(j journal, ev event) journal {
 		j.End = &e
 	}
 	return j
+}
+
+// clone returns a copy of j that shares nothing mutable with it: a drive
+// applies its steps to a clone (its view) until they are appended.
+func (j journal) clone() journal {
+	c := j
+	c.Commands = append([]event(nil), j.Commands...)
+	c.Done = make(map[int]event, len(j.Done))
+	for k, v := range j.Done {
+		c.Done[k] = v
+	}
+	c.Signals = make(map[string]event, len(j.Signals))
+	for k, v := range j.Signals {
+		c.Signals[k] = v
+	}
+	c.Markers = make(map[string]int, len(j.Markers))
+	for k, v := range j.Markers {
+		c.Markers[k] = v
+	}
+	c.CompDone = make(map[int]bool, len(j.CompDone))
+	for k, v := range j.CompDone {
+		c.CompDone[k] = v
+	}
+	return c
 }

@@ -71,6 +71,10 @@ type Config struct {
 	// memory; longer ones are a persisted wake-up delivered at their time,
 	// and the execution holds nothing on the runner meanwhile.
 	InMemorySleep time.Duration
+	// IdleTime is how long an execution's entity stays in memory after
+	// its last command (its journal cached for the next one); then it is
+	// passivated, and a waiting execution costs storage only.
+	IdleTime time.Duration
 	// Clock tells the time (tests set a controllable one). Nil: the
 	// system's.
 	Clock Clock
@@ -97,10 +101,11 @@ type systemClock struct{}
 func (systemClock) Now() time.Time                         { return time.Now() }
 func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
-// DefaultConfig returns 10 attempts from 100 ms to 10 s, and sleeps up to
-// 1 s in memory.
+// DefaultConfig returns 10 attempts from 100 ms to 10 s, sleeps up to 1 s
+// in memory, and a minute's idle time.
 func DefaultConfig() Config {
-	return Config{Activity: RetryPolicy{MaxAttempts: 10, Backoff: 100 * time.Millisecond, BackoffMax: 10 * time.Second}, InMemorySleep: time.Second}
+	return Config{Activity: RetryPolicy{MaxAttempts: 10, Backoff: 100 * time.Millisecond, BackoffMax: 10 * time.Second},
+		InMemorySleep: time.Second, IdleTime: time.Minute}
 }
 
 // Validate reports the first bad field, wrapping ErrInvalidOption.
@@ -110,6 +115,9 @@ func (c *Config) Validate() error {
 	}
 	if c.InMemorySleep < 0 {
 		return fmt.Errorf("%w: InMemorySleep %v: want >= 0", ErrInvalidOption, c.InMemorySleep)
+	}
+	if c.IdleTime <= 0 {
+		return fmt.Errorf("%w: IdleTime %v: want > 0", ErrInvalidOption, c.IdleTime)
 	}
 	return nil
 }
@@ -204,10 +212,10 @@ func (e *Engine) Install(r *mesh.Runner) error {
 			j.Def, j.ID, _ = strings.Cut(id, "/")
 			return j
 		},
-		Events:        []eventsourced.EventType[journal]{eventsourced.Event("wf", apply)},
+		Events:        []eventsourced.EventType[journal]{eventsourced.Event("wf", applyAll)},
 		Handlers:      []eventsourced.Handler[journal]{eventsourced.Handle(commandRPC, e.handle)},
 		SnapshotEvery: 64,
-	}, actor.MaxIdleTime(time.Minute))
+	}, actor.MaxIdleTime(e.cfg.IdleTime))
 	if err != nil {
 		return err
 	}
@@ -300,12 +308,26 @@ func (w *Workflow[In, Out]) Start(ctx context.Context, id string, in In) error {
 }
 
 // Run starts execution id and waits for its result (Start, then Result).
+// An execution that ends within its first drive (no wait) answers with
+// the start's own reply.
 func (w *Workflow[In, Out]) Run(ctx context.Context, id string, in In) (Out, error) {
-	if err := w.Start(ctx, id, in); err != nil {
-		var zero Out
+	var zero Out
+	raw, err := json.Marshal(in)
+	if err != nil {
+		return zero, fmt.Errorf("%w: encode input: %w", ErrInvalidOption, err)
+	}
+	cmd := command{Op: "start", Def: w.def.name, ID: id, Input: raw}
+	if err := w.e.check(cmd); err != nil {
 		return zero, err
 	}
-	return w.Result(ctx, id)
+	x, err := mesh.Call(ctx, w.e.client, commandRPC, cmd.Def+"/"+cmd.ID, cmd, mesh.MessageID(msgID(w.def.name, id, "start")))
+	if err != nil {
+		return zero, err
+	}
+	if !x.Status.Final() && x.Status != Stuck {
+		return w.Result(ctx, id)
+	}
+	return w.outcome(x)
 }
 
 // Result waits for execution id to end and returns its result, or its
@@ -313,11 +335,18 @@ func (w *Workflow[In, Out]) Run(ctx context.Context, id string, in In) (Out, err
 // that is Stuck, an error wrapping ErrStuck (and ErrNonDeterminism if that
 // is why). It waits across restarts and continue-as-new; ctx bounds it.
 func (w *Workflow[In, Out]) Result(ctx context.Context, id string) (Out, error) {
-	var zero Out
 	x, err := w.e.await(ctx, w.def.name, id)
 	if err != nil {
+		var zero Out
 		return zero, err
 	}
+	return w.outcome(x)
+}
+
+// outcome is the result or error of an ended (or stuck) execution.
+func (w *Workflow[In, Out]) outcome(x Execution) (Out, error) {
+	var zero Out
+	id := x.ID
 	switch x.Status {
 	case Completed:
 		var out Out
@@ -394,13 +423,21 @@ func SignalError(ctx context.Context, e *Engine, name, id, signal string, failur
 // send sends a command to an execution as a persisted message with id
 // msgID.
 func (e *Engine) send(ctx context.Context, cmd command, id string) error {
+	if err := e.check(cmd); err != nil {
+		return err
+	}
+	return mesh.Send(ctx, e.client, commandRPC, cmd.Def+"/"+cmd.ID, cmd, mesh.MessageID(id))
+}
+
+// check checks a command's execution id.
+func (e *Engine) check(cmd command) error {
 	if cmd.ID == "" {
 		return fmt.Errorf("%w: empty execution id", ErrInvalidOption)
 	}
 	if err := actor.ValidateID(cmd.Def + "/" + cmd.ID); err != nil {
 		return fmt.Errorf("%w: execution id: %w", ErrInvalidOption, err)
 	}
-	return mesh.Send(ctx, e.client, commandRPC, cmd.Def+"/"+cmd.ID, cmd, mesh.MessageID(id))
+	return nil
 }
 
 // msgID is the message id of an execution's command: its parts joined,

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	natsjs "github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"github.com/natsmesh/natsmesh/internal/testkit/meshtest"
@@ -210,6 +211,19 @@ func TestCrashMidActivity(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-entered
+	// The first activity's result is appended in the background while the
+	// second runs (with the start, in one message): wait until the journal
+	// holds it, then crash.
+	nc := meshtest.Connect(t, en.url)
+	js := must(natsjs.New(nc))
+	natstest.WaitFor(t, 10*time.Second, func() bool {
+		st, err := js.Stream(ctxT(t), "mesh_events")
+		if err != nil {
+			return false
+		}
+		info, err := st.Info(ctxT(t))
+		return err == nil && info.State.Msgs >= 1
+	}, "the first activity journaled")
 	en.runner.Crash()
 	en.start(define)
 	<-entered // the second activity again, on the new runner

@@ -27,6 +27,7 @@ import (
 	"github.com/natsmesh/natsmesh/actor"
 	"github.com/natsmesh/natsmesh/mesh"
 	"github.com/natsmesh/natsmesh/mesh/protocol"
+	"github.com/natsmesh/natsmesh/workflow"
 )
 
 type Amount struct {
@@ -64,7 +65,7 @@ var (
 	seqCalls = flag.Int("seq", 20000, "sequential calls per latency measurement")
 	duration = flag.Duration("duration", 3*time.Second, "duration of each throughput measurement")
 	cpuProf  = flag.String("cpuprofile", "", "write a CPU profile of the mesh throughput run")
-	only     = flag.String("only", "", "run one part: persist")
+	only     = flag.String("only", "", "run one part: persist, workflow")
 	runners  = flag.Int("runners", 1, "runners sharing the shards (more than 1: a cluster with a shard manager, in this process)")
 )
 
@@ -113,6 +114,10 @@ func main() {
 		r, err := mesh.NewRunner(connect(), rcfg)
 		check(err)
 		check(r.Register(behavior))
+		eng, err := workflow.New(context.Background(), r.Client(), workflowConfig())
+		check(err)
+		defineWorkflows(eng, r.Client())
+		check(eng.Install(r))
 		check(r.Start(context.Background()))
 		rs = append(rs, r)
 	}
@@ -193,8 +198,16 @@ func main() {
 		fmt.Printf("  %-8s encode %6.0f ns  decode %6.0f ns  call p50 %6.1f µs  p99 %6.1f µs\n",
 			c.name, enc, dec, us(l.p50), us(l.p99))
 	}
-	if *only == "" || *only == "persist" {
-		persisted(ctx, connect, client, len(rs), cfg.ShardsPerGroup)
+	var sendRate float64
+	if *only == "" || *only == "persist" || *only == "workflow" {
+		sendRate = persisted(ctx, connect, client, len(rs), cfg.ShardsPerGroup)
+	}
+	if *only == "" || *only == "workflow" {
+		eng, err := workflow.New(ctx, client, workflowConfig())
+		check(err)
+		js, err := natsjs.New(clientNC)
+		check(err)
+		workflows(ctx, client, defineWorkflows(eng, client), js, sendRate)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
@@ -204,7 +217,7 @@ func main() {
 }
 
 // persisted compares persisted calls with raw JetStream in the same run.
-func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Client, runners, shards int) {
+func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Client, runners, shards int) (sendRate float64) {
 	nc := connect()
 	js, err := natsjs.New(nc)
 	check(err)
@@ -278,6 +291,7 @@ func persisted(ctx context.Context, connect func() *nats.Conn, client *mesh.Clie
 	if shardedRate > 0 {
 		fmt.Printf("  ratio mesh/raw with the runners' filters: %.2fx\n", meshRate/shardedRate)
 	}
+	return meshRate
 }
 
 // rawPipelined publishes n messages from 256 goroutines to a work-queue
